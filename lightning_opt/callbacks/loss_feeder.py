@@ -1,0 +1,98 @@
+"""``LossFeeder``: hand loss-driven optimizers the true mean training loss of each step."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_warn
+from typing_extensions import override
+
+
+@runtime_checkable
+class LossDriven(Protocol):
+    """An optimizer whose step uses the training loss, given to it with ``set_loss`` before ``step``."""
+
+    def set_loss(self, loss: torch.Tensor | float) -> None: ...
+
+
+class LossFeeder(Callback):
+    """Feed every loss-driven optimizer (such as :class:`~lightning_opt.AdaLo`) the loss it should use.
+
+    Before each optimizer step it gives the optimizer the mean training loss of the micro-batches whose
+    gradients the step applies: it undoes Lightning's ``1 / accumulate_grad_batches`` and any GradScaler
+    scaling, averages over the accumulation window, and averages across data-parallel ranks so that
+    every replica takes the identical step. This works where the closure cannot help: under a GradScaler
+    Lightning calls ``step`` without a closure, and under gradient accumulation the closure returns only
+    the last micro-batch's loss divided by the window size.
+
+    Optimizers without a ``set_loss`` method are left alone, so the callback is harmless with any
+    optimizer.
+
+    Example::
+
+        from lightning.pytorch import Trainer
+        from lightning_opt import AdaLo, LossFeeder
+
+        # in the LightningModule: def configure_optimizers(self): return AdaLo(self.parameters())
+        trainer = Trainer(callbacks=[LossFeeder()], accumulate_grad_batches=4)
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._window_sum: torch.Tensor | None = None
+        self._window_count = 0
+        self.last_fed_loss: float | None = None
+        """The loss given to the optimizers at the most recent step (for logging and inspection)."""
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit" and not pl_module.automatic_optimization:
+            rank_zero_warn(
+                "LossFeeder does nothing under manual optimization: call optimizer.set_loss(loss) yourself "
+                "before optimizer.step()."
+            )
+
+    @override
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._reset()
+
+    @override
+    def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
+        if not pl_module.automatic_optimization:
+            return
+        # Lightning divided the training_step loss by accumulate_grad_batches and, under a GradScaler,
+        # multiplied it by the current scale: undo both to get the micro-batch's own mean loss.
+        micro_batch_loss = loss.detach().double() * trainer.accumulate_grad_batches
+        scaler = getattr(trainer.precision_plugin, "scaler", None)
+        if scaler is not None and scaler.is_enabled():
+            micro_batch_loss = micro_batch_loss / scaler.get_scale()
+        self._window_sum = micro_batch_loss if self._window_sum is None else self._window_sum + micro_batch_loss
+        self._window_count += 1
+
+    @override
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        if self._window_sum is None:
+            return
+        window_mean = self._window_sum / self._window_count
+        window_mean = trainer.strategy.reduce(window_mean, reduce_op="mean")
+        self._reset()
+        loss = float(window_mean)
+        self.last_fed_loss = loss
+        for candidate in _unwrap(optimizer):
+            if isinstance(candidate, LossDriven):
+                candidate.set_loss(loss)
+
+    def _reset(self) -> None:
+        self._window_sum = None
+        self._window_count = 0
+
+
+def _unwrap(optimizer: Any) -> list[Any]:
+    """The optimizer itself and, for Lightning's wrapper, the optimizer it wraps."""
+    inner = getattr(optimizer, "_optimizer", None)
+    return [optimizer] if inner is None else [optimizer, inner]

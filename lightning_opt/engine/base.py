@@ -1,0 +1,142 @@
+"""``BaseOptimizer``: validation, lazy state, device/dtype buckets, closures, eager and compiled steps.
+
+A concrete optimizer declares its per-tensor state (``buffer_names``), the hyper-parameters it derives
+from a parameter group (:meth:`BaseOptimizer.group_hyperparameters`) and from a tensor's step count
+(:meth:`BaseOptimizer.tensor_hyperparameters`), and one per-tensor ``update`` function built from
+:mod:`lightning_opt.transforms`. Everything else -- closures, skipping parameters without gradients,
+rejecting sparse gradients, bucketing, the compiled path, checkpoints -- lives here once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, ClassVar, Union
+
+import torch
+
+from lightning_opt.engine.buckets import Bucket, collect_buckets
+from lightning_opt.engine.compiled import new_compiled_bucket_runner, run_bucket, scalar_dtype
+from lightning_opt.transforms.arith import Scalar
+
+Hyperparameters = Mapping[str, Scalar]
+"""Numbers an update reads: Python floats on the eager path, 0-d tensors on the compiled path."""
+
+Flags = Mapping[str, Union[bool, str]]
+"""Switches an update reads (``cautious``, ``nesterov``...): constant for the compiled graph."""
+
+UpdateFn = Callable[[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], Hyperparameters, Flags], None]
+"""``update(param, grad, buffers, hyperparameters, flags)`` changes ``param`` and ``buffers`` in place."""
+
+ParamsT = Union[Iterable[torch.Tensor], Iterable[dict[str, Any]]]
+
+
+class BaseOptimizer(torch.optim.Optimizer):
+    """Base class of every optimizer in this package.
+
+    Subclasses set ``buffer_names`` and ``update`` and override the two ``*_hyperparameters`` methods.
+
+    Args:
+        params: iterable of parameters or of dicts defining parameter groups.
+        defaults: the hyper-parameters of every group, already validated by the subclass. Only numbers,
+            strings, bools and tuples: nothing callable (checkpoints load with ``weights_only=True``).
+        compile: fuse each bucket's whole update with ``torch.compile``. Same numbers as the eager
+            path; the first step of each bucket compiles (tens of seconds), later steps are fast.
+    """
+
+    buffer_names: ClassVar[tuple[str, ...]] = ()
+    update: ClassVar[UpdateFn]
+
+    def __init__(self, params: ParamsT, defaults: dict[str, Any], *, compile: bool = False) -> None:
+        if not isinstance(compile, bool):
+            raise ValueError(f"Invalid compile: {compile!r} (expected True or False)")
+        super().__init__(params, defaults)
+        self._compile = compile
+        self._compiled_runners: dict[tuple[int, torch.device, torch.dtype], Callable[..., None]] = {}
+        for group in self.param_groups:
+            for param in group["params"]:
+                if param.is_complex():
+                    raise ValueError(f"Invalid params: {type(self).__name__} does not support complex parameters")
+
+    # ----------------------------------------------------------------- what a subclass provides
+    def group_hyperparameters(self, group: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
+        """Return ``(numbers, flags)`` for one step of ``group``; the numbers should be folded as far as
+        possible (``1 - lr * weight_decay`` rather than ``lr`` and ``weight_decay``) to save work per element."""
+        raise NotImplementedError
+
+    def tensor_hyperparameters(self, group: dict[str, Any], step: int) -> dict[str, float]:
+        """Return the numbers that depend on one tensor's step count (bias corrections); none by default."""
+        return {}
+
+    def begin_step(self, closure_loss: torch.Tensor | None) -> None:
+        """Called once per step, before any group, with what the closure returned (loss-driven optimizers)."""
+
+    def init_state(self, param: torch.Tensor, state: dict[str, Any]) -> None:
+        """Fill the empty state of ``param``: a CPU step counter, as torch.optim keeps it, and zero buffers."""
+        state["step"] = torch.tensor(0.0, dtype=torch.float32)
+        for name in self.buffer_names:
+            state[name] = torch.zeros_like(param, memory_format=torch.preserve_format)
+
+    # ----------------------------------------------------------------- the step
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        """Perform one optimization step.
+
+        Args:
+            closure: optional; re-evaluates the model and returns the loss. Called with gradients enabled.
+
+        Returns:
+            What ``closure`` returned, or ``None``.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self.begin_step(loss)
+        name = type(self).__name__
+        for index, group in enumerate(self.param_groups):
+            numbers, flags = self.group_hyperparameters(group)
+            buckets = collect_buckets(group["params"], self.state.__getitem__, self.init_state, self.buffer_names, name)
+            for (device, dtype), bucket in buckets.items():
+                self._step_bucket(index, device, dtype, bucket, group, numbers, flags)
+        return loss
+
+    def _step_bucket(
+        self,
+        index: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        bucket: Bucket,
+        group: dict[str, Any],
+        numbers: dict[str, float],
+        flags: dict[str, Any],
+    ) -> None:
+        group_names = tuple(numbers)
+        per_tensor = [self.tensor_hyperparameters(group, step) for step in bucket.steps]
+        tensor_names = tuple(per_tensor[0])
+        values = list(numbers.values())
+        for tensor_numbers in per_tensor:
+            values.extend(tensor_numbers.values())
+        update = type(self).update
+        if not self._compile:
+            run_bucket(update, bucket.params, bucket.grads, bucket.buffers, values, group_names, tensor_names, flags)
+            return
+        runner = self._compiled_runners.get((index, device, dtype))
+        if runner is None:
+            runner = self._compiled_runners[(index, device, dtype)] = new_compiled_bucket_runner()
+        scalars = torch.tensor(values, dtype=scalar_dtype(dtype), device=device)
+        runner(update, bucket.params, bucket.grads, bucket.buffers, scalars, group_names, tensor_names, flags)
+
+    # ----------------------------------------------------------------- pickling and old checkpoints
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["_compile"] = self._compile
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        compile_flag = state.pop("_compile", False)
+        super().__setstate__(state)
+        self._compile = compile_flag
+        self._compiled_runners = {}
+        for group in self.param_groups:  # groups saved before a hyper-parameter was added get its default
+            for key, value in self.defaults.items():
+                group.setdefault(key, value)

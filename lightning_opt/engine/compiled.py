@@ -1,0 +1,57 @@
+"""The bucket update, run eagerly (a per-tensor loop) or fused by ``torch.compile``.
+
+Both paths call the same per-tensor update function. The compiled path receives every hyper-parameter
+as an element of one 1-D tensor, so a scheduler that changes ``lr`` at every step changes data, not the
+graph, and never triggers a recompile. Each bucket gets its own code object, so dynamo's per-function
+cache limit applies per bucket rather than across all buckets and optimizers of a process.
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Callable, Mapping, Sequence
+from itertools import count
+from typing import Any
+
+import torch
+
+_bucket_ids = count()
+
+
+def run_bucket(
+    update: Callable[..., None],
+    params: Sequence[torch.Tensor],
+    grads: Sequence[torch.Tensor],
+    buffers: Sequence[dict[str, torch.Tensor]],
+    scalars: Any,
+    group_names: Sequence[str],
+    tensor_names: Sequence[str],
+    flags: Mapping[str, Any],
+) -> None:
+    """Apply ``update`` to every tensor of a bucket.
+
+    ``scalars`` holds the group's hyper-parameters (``group_names``) followed by each tensor's own
+    (``tensor_names``, e.g. bias corrections that depend on that tensor's step). It is a list of floats
+    on the eager path and a 1-D tensor on the compiled path; the indexing below serves both.
+    """
+    n_group, n_tensor = len(group_names), len(tensor_names)
+    shared = {name: scalars[i] for i, name in enumerate(group_names)}
+    for i in range(len(params)):
+        offset = n_group + i * n_tensor
+        hyperparameters = dict(shared)
+        for j, name in enumerate(tensor_names):
+            hyperparameters[name] = scalars[offset + j]
+        update(params[i], grads[i], buffers[i], hyperparameters, flags)
+
+
+def new_compiled_bucket_runner() -> Callable[..., None]:
+    """Return ``run_bucket`` compiled under a code object of its own (see the module docstring)."""
+    code = run_bucket.__code__
+    code = code.replace(co_name=f"{code.co_name}_{next(_bucket_ids)}")
+    function = types.FunctionType(code, run_bucket.__globals__, code.co_name)
+    return torch.compile(function, fullgraph=True, dynamic=False)
+
+
+def scalar_dtype(param_dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the hyper-parameter tensor for a bucket: float64 for float64 parameters, else float32."""
+    return torch.float64 if param_dtype == torch.float64 else torch.float32

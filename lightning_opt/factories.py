@@ -1,0 +1,161 @@
+"""Build optimizers for ``configure_optimizers``: by name, with the standard decay / no-decay split."""
+
+from __future__ import annotations
+
+import fnmatch
+import inspect
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Union
+
+import torch
+from torch import nn
+
+from lightning_opt.registry import REGISTRY
+
+NoDecayRule = Callable[[str, nn.Parameter, nn.Module], bool]
+"""``rule(parameter_name, parameter, owning_module) -> True`` to exempt the parameter from weight decay."""
+
+NORM_TYPES: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._NormBase,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.LocalResponseNorm,
+    *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),
+)
+EMBEDDING_TYPES: tuple[type[nn.Module], ...] = (nn.Embedding, nn.EmbeddingBag)
+
+
+def default_no_decay(name: str, param: nn.Parameter, module: nn.Module) -> bool:
+    """The usual exemptions from weight decay: biases and other 0-d/1-d tensors, norm layers, embeddings."""
+    return param.ndim <= 1 or name.endswith(".bias") or isinstance(module, NORM_TYPES + EMBEDDING_TYPES)
+
+
+def param_groups_for_weight_decay(
+    module: nn.Module,
+    weight_decay: float,
+    no_decay: Union[NoDecayRule, Sequence[str], None] = None,
+) -> list[dict[str, Any]]:
+    """Split the trainable parameters of ``module`` into a decayed group and a group with no weight decay.
+
+    Args:
+        module: the model; parameters with ``requires_grad=False`` are left out.
+        weight_decay: the decay of the first group; the second group gets 0.
+        no_decay: which parameters are exempt: a rule function, a list of ``fnmatch`` patterns on the
+            qualified parameter name (``["*.bias", "embed.*"]``), or ``None`` for
+            :func:`default_no_decay`.
+
+    Returns:
+        Up to two groups, decayed first (empty ones are dropped), each with ``params`` and ``weight_decay``.
+
+    Example:
+        >>> model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
+        >>> [len(g["params"]) for g in param_groups_for_weight_decay(model, 0.1)]
+        [1, 3]
+    """
+    rule = _as_rule(no_decay)
+    decay: list[nn.Parameter] = []
+    exempt: list[nn.Parameter] = []
+    seen: set[int] = set()
+    for module_name, child in module.named_modules():
+        for param_name, param in child.named_parameters(recurse=False):
+            if not param.requires_grad or id(param) in seen:
+                continue
+            seen.add(id(param))
+            full_name = f"{module_name}.{param_name}" if module_name else param_name
+            (exempt if rule(full_name, param, child) else decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": exempt, "weight_decay": 0.0}]
+    return [group for group in groups if group["params"]]
+
+
+def build_optimizer(
+    model: Union[nn.Module, Iterable[nn.Parameter]],
+    name: str,
+    *,
+    weight_decay: float | None = None,
+    no_decay: Union[NoDecayRule, Sequence[str], None] = None,
+    scheduler: Union[str, type[torch.optim.lr_scheduler.LRScheduler], None] = None,
+    scheduler_kwargs: dict[str, Any] | None = None,
+    interval: str = "step",
+    **optimizer_kwargs: Any,
+) -> Union[torch.optim.Optimizer, dict[str, Any]]:
+    """Build an optimizer by name for a LightningModule's ``configure_optimizers``.
+
+    Args:
+        model: a module (its parameters are split into decay / no-decay groups) or an iterable of
+            parameters (one group, no split).
+        name: a registered optimizer (``"AdaLo"``, ``"NSGDA"``, ``"AdamAtan2"``, case-insensitive; see
+            ``lightning-opt optimizers``) or any ``torch.optim`` class name (``"AdamW"``) for baselines.
+        weight_decay: decay of the decayed group; ``None`` keeps the optimizer's default. The no-decay
+            group always gets 0.
+        no_decay: which parameters are exempt from decay, see :func:`param_groups_for_weight_decay`.
+        scheduler: optional ``torch.optim.lr_scheduler`` class or class name (``"CosineAnnealingLR"``).
+        scheduler_kwargs: keyword arguments of the scheduler.
+        interval: ``"step"`` or ``"epoch"``: when Lightning steps the scheduler.
+        **optimizer_kwargs: passed to the optimizer (``lr``, ``betas``, ``compile``...).
+
+    Returns:
+        The optimizer, or with ``scheduler`` Lightning's dict
+        ``{"optimizer": ..., "lr_scheduler": {"scheduler": ..., "interval": ..., "frequency": 1}}``.
+
+    Example::
+
+        def configure_optimizers(self):
+            return lightning_opt.build_optimizer(self, "AdamAtan2", lr=3e-3, weight_decay=0.05,
+                                                 scheduler="CosineAnnealingLR",
+                                                 scheduler_kwargs={"T_max": self.trainer.max_steps})
+    """
+    optimizer_cls = resolve_optimizer_class(name)
+    if weight_decay is None:
+        weight_decay = _default_weight_decay(optimizer_cls)
+    if isinstance(model, nn.Module):
+        params: Any = param_groups_for_weight_decay(model, weight_decay, no_decay)
+    else:
+        params = [{"params": list(model), "weight_decay": weight_decay}]
+    if "weight_decay" not in inspect.signature(optimizer_cls).parameters:
+        raise ValueError(f"Invalid name: {name!r} takes no weight_decay argument; build it directly instead")
+    optimizer = optimizer_cls(params, weight_decay=weight_decay, **optimizer_kwargs)
+    if scheduler is None:
+        if scheduler_kwargs:
+            raise ValueError(f"Invalid scheduler_kwargs: {scheduler_kwargs!r} given without a scheduler")
+        return optimizer
+    if interval not in ("step", "epoch"):
+        raise ValueError(f"Invalid interval: {interval!r} (expected 'step' or 'epoch')")
+    scheduler_cls = _resolve_scheduler(scheduler)
+    lr_scheduler = scheduler_cls(optimizer, **(scheduler_kwargs or {}))
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": lr_scheduler, "interval": interval, "frequency": 1}}
+
+
+def resolve_optimizer_class(name: str) -> type[torch.optim.Optimizer]:
+    """The class for a registered name (case-insensitive) or a ``torch.optim`` class name."""
+    for spec in REGISTRY.values():
+        if spec.name.lower() == str(name).lower():
+            return spec.cls
+    candidate = getattr(torch.optim, str(name), None)
+    if inspect.isclass(candidate) and issubclass(candidate, torch.optim.Optimizer):
+        return candidate
+    raise ValueError(f"Invalid name: {name!r} (expected one of {', '.join(REGISTRY)} or a torch.optim class name)")
+
+
+def _resolve_scheduler(scheduler: Union[str, type]) -> type:
+    if inspect.isclass(scheduler):
+        return scheduler
+    candidate = getattr(torch.optim.lr_scheduler, str(scheduler), None)
+    if inspect.isclass(candidate):
+        return candidate
+    raise ValueError(f"Invalid scheduler: {scheduler!r} (expected a torch.optim.lr_scheduler class or its name)")
+
+
+def _default_weight_decay(optimizer_cls: type) -> float:
+    parameter = inspect.signature(optimizer_cls).parameters.get("weight_decay")
+    return 0.0 if parameter is None or parameter.default is inspect.Parameter.empty else float(parameter.default)
+
+
+def _as_rule(no_decay: Union[NoDecayRule, Sequence[str], None]) -> NoDecayRule:
+    if no_decay is None:
+        return default_no_decay
+    if callable(no_decay):
+        return no_decay
+    if isinstance(no_decay, str) or not all(isinstance(pattern, str) for pattern in no_decay):
+        raise ValueError(f"Invalid no_decay: {no_decay!r} (expected a rule function or a list of name patterns)")
+    patterns = list(no_decay)
+    return lambda name, param, module: any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)

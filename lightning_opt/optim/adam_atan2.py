@@ -1,0 +1,143 @@
+"""Adam-atan2: Adam without eps, with optional cautious mask, cautious weight decay and Nesterov momentum."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from lightning_opt.engine import BaseOptimizer, Flags, Hyperparameters
+from lightning_opt.engine.base import ParamsT
+from lightning_opt.transforms import (
+    add_scaled,
+    add_scaled_,
+    atan2_direction,
+    cautious_mask_,
+    cautious_weight_decay_,
+    decoupled_weight_decay_,
+    ema_,
+    ema_sq_,
+)
+from lightning_opt.validation import check_betas, check_bool, check_float
+
+
+class AdamAtan2(BaseOptimizer):
+    r"""Adam with ``atan2`` in place of ``m / (sqrt(v) + eps)``: no eps, bounded and NaN-free steps.
+
+    For each tensor, with bias corrections ``bc1 = 1 - beta1**t`` and ``bc2 = 1 - beta2**t``::
+
+        m <- beta1 m + (1 - beta1) g           v <- beta2 v + (1 - beta2) g^2
+        u  = a * atan2(m / bc1, b * sqrt(v / bc2))
+        p <- p (1 - lr * weight_decay) - lr * u
+
+    ``nesterov`` replaces ``m / bc1`` by the NAdam look-ahead
+    ``beta1 m / (1 - beta1**(t+1)) + (1 - beta1) g / bc1``; ``cautious`` zeroes the coordinates of ``u``
+    whose sign disagrees with ``g`` and rescales the rest; ``cautious_weight_decay`` decays only the
+    coordinates where ``u`` and ``p`` share a sign.
+
+    Args:
+        params: iterable of parameters or of dicts defining parameter groups.
+        lr: learning rate.
+        betas: coefficients of the running averages of the gradient and of its square.
+        weight_decay: decoupled weight decay (AdamW style), multiplied by ``lr``.
+        a: scale of the ``atan2`` output (1.27 in the paper, so small updates match Adam's).
+        b: scale of the denominator inside ``atan2`` (1 in the paper).
+        cautious: apply the cautious mask (arXiv:2411.16085) to the update.
+        cautious_weight_decay: apply weight decay only where update and parameter agree in sign
+            (arXiv:2510.12402).
+        nesterov: use Nesterov momentum (NAdam look-ahead) in the numerator.
+        compile: fuse each bucket's update with ``torch.compile`` (same numbers, faster steps).
+
+    Example:
+        >>> model = torch.nn.Linear(4, 2)
+        >>> optimizer = AdamAtan2(model.parameters(), lr=1e-3, cautious=True)
+        >>> model(torch.randn(8, 4)).square().mean().backward()
+        >>> optimizer.step()
+
+    References:
+        Everett et al., "Scaling Exponents Across Parameterizations and Optimizers", arXiv:2407.05872.
+        Liang et al., "Cautious Optimizers", arXiv:2411.16085. Chen et al., "Cautious Weight Decay",
+        arXiv:2510.12402. Dozat, "Incorporating Nesterov Momentum into Adam", ICLR 2016 workshop.
+    """
+
+    buffer_names = ("exp_avg", "exp_avg_sq")
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        weight_decay: float = 1e-2,
+        a: float = 1.27,
+        b: float = 1.0,
+        cautious: bool = False,
+        cautious_weight_decay: bool = False,
+        nesterov: bool = False,
+        compile: bool = False,
+    ) -> None:
+        defaults = dict(
+            lr=check_float("lr", lr, low=0.0),
+            betas=check_betas(betas),
+            weight_decay=check_float("weight_decay", weight_decay, low=0.0),
+            a=check_float("a", a, low=0.0, low_inclusive=False),
+            b=check_float("b", b, low=0.0, low_inclusive=False),
+            cautious=check_bool("cautious", cautious),
+            cautious_weight_decay=check_bool("cautious_weight_decay", cautious_weight_decay),
+            nesterov=check_bool("nesterov", nesterov),
+        )
+        super().__init__(params, defaults, compile=compile)
+
+    def group_hyperparameters(self, group: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
+        lr, weight_decay = group["lr"], group["weight_decay"]
+        numbers = {
+            "beta1": group["betas"][0],
+            "beta2": group["betas"][1],
+            "step_size": -lr * group["a"],
+            "decay_factor": 1.0 - lr * weight_decay,
+            "lr_times_decay": lr * weight_decay,
+        }
+        flags = {
+            "cautious": group["cautious"],
+            "cautious_weight_decay": group["cautious_weight_decay"],
+            "nesterov": _uses_nesterov(group),
+            "decay": weight_decay != 0.0,
+        }
+        return numbers, flags
+
+    def tensor_hyperparameters(self, group: dict[str, Any], step: int) -> dict[str, float]:
+        beta1, beta2 = group["betas"]
+        bias_correction1 = 1.0 - beta1**step
+        bias_correction2 = 1.0 - beta2**step
+        # atan2(k y, k x) = atan2(y, x) for k > 0: divide both arguments by the numerator's coefficient
+        # on m, so the numerator is m itself (plus a multiple of g with Nesterov).
+        if _uses_nesterov(group):
+            m_coef = beta1 / (1.0 - beta1 ** (step + 1))
+            g_coef = (1.0 - beta1) / bias_correction1
+        else:
+            m_coef, g_coef = 1.0 / bias_correction1, 0.0
+        return {"denominator_scale": group["b"] / (math.sqrt(bias_correction2) * m_coef), "grad_ratio": g_coef / m_coef}
+
+    @staticmethod
+    def update(
+        param: torch.Tensor, grad: torch.Tensor, buffers: dict[str, torch.Tensor], hp: Hyperparameters, flags: Flags
+    ) -> None:
+        exp_avg, exp_avg_sq = buffers["exp_avg"], buffers["exp_avg_sq"]
+        ema_(exp_avg, grad, hp["beta1"])
+        ema_sq_(exp_avg_sq, grad, hp["beta2"])
+        numerator = add_scaled(exp_avg, grad, hp["grad_ratio"]) if flags["nesterov"] else exp_avg
+        direction = atan2_direction(numerator, exp_avg_sq, hp["denominator_scale"])
+        if flags["cautious"]:
+            cautious_mask_(direction, grad)
+        if flags["decay"]:
+            if flags["cautious_weight_decay"]:
+                cautious_weight_decay_(param, direction, hp["lr_times_decay"])
+            else:
+                decoupled_weight_decay_(param, hp["decay_factor"])
+        add_scaled_(param, direction, hp["step_size"])
+
+
+
+def _uses_nesterov(group: dict[str, Any]) -> bool:
+    # With beta1 = 0 the first moment is the gradient itself and the look-ahead changes nothing.
+    return group["nesterov"] and group["betas"][0] > 0.0

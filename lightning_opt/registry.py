@@ -1,0 +1,129 @@
+"""The one table of every optimizer in the package.
+
+The registry drives the registry-wide test suite (every entry must pass it), the
+:func:`~lightning_opt.factories.build_optimizer` factory, the ``lightning-opt optimizers`` listing and
+the benchmarks. Adding an optimizer means one module in :mod:`lightning_opt.optim` and one entry here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from lightning_opt.optim import NSGDA, AdaLo, AdamAtan2
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """What the package knows about one optimizer.
+
+    Args:
+        name: the class name, which is also the short name used by ``LightningCLI`` and the factory.
+        cls: the optimizer class.
+        summary: one line for listings.
+        test_kwargs: keyword sets the common tests run, covering every flag (each is checked against
+            the float64 reference in the tests).
+        invalid_kwargs: ``(kwargs, argument name)`` pairs that must raise ``ValueError`` naming it.
+        state_buffers: parameter-sized state tensors kept per parameter (Adam: 2).
+        memory_accesses: parameter-sized reads plus writes of an ideal fused step (parameter, gradient
+            and state); times the element size, the bytes each element moves: the bandwidth floor.
+        loss_driven: the step size depends on the training loss (needs a closure or the LossFeeder).
+        paper: where the method comes from.
+    """
+
+    name: str
+    cls: type[torch.optim.Optimizer]
+    summary: str
+    test_kwargs: tuple[dict[str, Any], ...] = ({},)
+    invalid_kwargs: tuple[tuple[dict[str, Any], str], ...] = ()
+    state_buffers: int = 0
+    memory_accesses: int = 0
+    loss_driven: bool = False
+    paper: str = ""
+    tags: tuple[str, ...] = field(default=())
+
+
+_COMMON_INVALID: tuple[tuple[dict[str, Any], str], ...] = (
+    ({"lr": -1.0}, "lr"),
+    ({"lr": float("nan")}, "lr"),
+    ({"weight_decay": -0.1}, "weight_decay"),
+    ({"compile": "yes"}, "compile"),
+)
+
+REGISTRY: dict[str, OptimizerSpec] = {
+    spec.name: spec
+    for spec in (
+        OptimizerSpec(
+            name="AdaLo",
+            cls=AdaLo,
+            summary="momentum SGD whose step size is a running average of 1/(2+loss); no second moment",
+            test_kwargs=(
+                {},
+                {"mode": "compliant", "kappa": 2.0, "betas": (0.8, 0.9), "weight_decay": 0.1},
+                {"weight_decay": 0.0, "eps": 1e-3},
+            ),
+            invalid_kwargs=_COMMON_INVALID
+            + (
+                ({"betas": (1.5, 0.999)}, "beta1"),
+                ({"betas": (0.9, 1.0)}, "beta2"),
+                ({"betas": 0.9}, "betas"),
+                ({"kappa": 0.0}, "kappa"),
+                ({"eps": -1e-8}, "eps"),
+                ({"mode": "aggressive"}, "mode"),
+            ),
+            state_buffers=1,
+            memory_accesses=5,
+            loss_driven=True,
+            paper="AdaLo, Information Sciences 2024",
+            tags=("loss-driven", "memory-light"),
+        ),
+        OptimizerSpec(
+            name="NSGDA",
+            cls=NSGDA,
+            summary="normalised SGD with momentum: each tensor moves by lr along its momentum direction",
+            test_kwargs=({"lr": 1e-2}, {"lr": 3e-2, "momentum": 0.0, "weight_decay": 0.0, "eps": 1e-3}),
+            invalid_kwargs=_COMMON_INVALID
+            + (({"momentum": 1.0}, "momentum"), ({"momentum": -0.1}, "momentum"), ({"eps": -1.0}, "eps")),
+            state_buffers=1,
+            memory_accesses=7,
+            paper="Jelassi et al., OpenReview 2021",
+            tags=("normalised",),
+        ),
+        OptimizerSpec(
+            name="AdamAtan2",
+            cls=AdamAtan2,
+            summary="Adam with atan2 instead of eps; optional cautious mask, cautious weight decay, Nesterov",
+            test_kwargs=(
+                {},
+                {"cautious": True, "betas": (0.8, 0.95)},
+                {"cautious_weight_decay": True, "weight_decay": 0.1, "lr": 3e-2},
+                {"nesterov": True, "a": 2.0, "b": 0.5},
+                {"nesterov": True, "cautious": True, "cautious_weight_decay": True, "betas": (0.0, 0.9)},
+            ),
+            invalid_kwargs=_COMMON_INVALID
+            + (
+                ({"betas": (1.5, 0.999)}, "beta1"),
+                ({"betas": (0.9, -0.1)}, "beta2"),
+                ({"a": 0.0}, "a"),
+                ({"b": -1.0}, "b"),
+                ({"cautious": 1}, "cautious"),
+                ({"nesterov": "true"}, "nesterov"),
+                ({"cautious_weight_decay": None}, "cautious_weight_decay"),
+            ),
+            state_buffers=2,
+            memory_accesses=7,
+            paper="arXiv:2407.05872",
+            tags=("eps-free", "cautious"),
+        ),
+    )
+}
+
+
+def get_spec(name: str) -> OptimizerSpec:
+    """Return the registry entry for ``name`` (case-insensitive), or raise ``ValueError`` listing the names."""
+    for spec in REGISTRY.values():
+        if spec.name.lower() == str(name).lower():
+            return spec
+    raise ValueError(f"Invalid optimizer: {name!r} (expected one of {', '.join(REGISTRY)})")

@@ -1,0 +1,29 @@
+"""Composable pieces of an optimizer update, each written once.
+
+Every function here works on one tensor and accepts its hyper-parameters either as Python floats (the
+eager path) or as 0-d tensors (the compiled path, where a changing value must not trigger a recompile).
+Optimizers in :mod:`lightning_opt.optim` are short compositions of these pieces.
+"""
+
+from lightning_opt.transforms.arith import Scalar, add_scaled, add_scaled_
+from lightning_opt.transforms.cautious import cautious_mask_
+from lightning_opt.transforms.denominators import atan2_direction
+from lightning_opt.transforms.moments import ema_, ema_sq_
+from lightning_opt.transforms.weight_decay import (
+    cautious_weight_decay_,
+    decoupled_weight_decay_,
+    l2_regularised,
+)
+
+__all__ = [
+    "Scalar",
+    "add_scaled",
+    "add_scaled_",
+    "atan2_direction",
+    "cautious_mask_",
+    "cautious_weight_decay_",
+    "decoupled_weight_decay_",
+    "ema_",
+    "ema_sq_",
+    "l2_regularised",
+]
