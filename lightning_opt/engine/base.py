@@ -124,7 +124,9 @@ class BaseOptimizer(torch.optim.Optimizer):
         if runner is None:
             runner = self._compiled_runners[(index, device, dtype)] = new_compiled_bucket_runner()
         scalars = torch.tensor(values, dtype=scalar_dtype(dtype), device=device)
-        runner(update, bucket.params, bucket.grads, bucket.buffers, scalars, group_names, tensor_names, flags)
+        params, grads = [_at_least_1d(p) for p in bucket.params], [_at_least_1d(g) for g in bucket.grads]
+        buffers = [{name: _at_least_1d(b) for name, b in per_tensor.items()} for per_tensor in bucket.buffers]
+        runner(update, params, grads, buffers, scalars, group_names, tensor_names, flags)
 
     # ----------------------------------------------------------------- pickling and old checkpoints
     def __getstate__(self) -> dict[str, Any]:
@@ -140,3 +142,12 @@ class BaseOptimizer(torch.optim.Optimizer):
         for group in self.param_groups:  # groups saved before a hyper-parameter was added get its default
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
+
+
+def _at_least_1d(tensor: torch.Tensor) -> torch.Tensor:
+    """A 1-element view of a 0-d tensor (the tensor itself otherwise).
+
+    Inductor (torch 2.13, CPU) drops in-place updates of 0-d float64 graph inputs; a view of shape (1,)
+    shares the storage and is updated correctly.
+    """
+    return tensor.view(1) if tensor.dim() == 0 else tensor

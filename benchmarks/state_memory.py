@@ -1,0 +1,77 @@
+"""Optimizer-state bytes per parameter for every registered optimizer, beside torch baselines.
+
+Each optimizer takes one step on the standard 20.9M-parameter set (so its lazy state exists); the
+bytes of every tensor in its state (parameter-sized buffers and per-tensor counters alike) are summed
+and divided by the number of parameters.
+
+Usage::
+
+    python benchmarks/state_memory.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import STANDARD_SHAPES, machine_info, make_params, markdown_table, write_json  # noqa: E402
+
+from lightning_opt.registry import REGISTRY  # noqa: E402
+
+
+def state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of every tensor held in ``optimizer.state``."""
+    return sum(
+        value.numel() * value.element_size()
+        for per_param in optimizer.state.values()
+        for value in per_param.values()
+        if isinstance(value, torch.Tensor)
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/state_memory.json"))
+    args = parser.parse_args(argv)
+
+    builders: list[tuple[str, object]] = [
+        ("AdamW (torch)", lambda p: torch.optim.AdamW(p)),
+        ("SGD momentum (torch)", lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9)),
+        ("Adafactor (torch)", lambda p: torch.optim.Adafactor(p)),
+    ]
+    builders += [(spec.name, spec.cls) for spec in REGISTRY.values()]
+    numel = sum(torch.Size(shape).numel() for shape in STANDARD_SHAPES)
+    adamw_bytes = None
+    rows, records = [], []
+    for name, build in builders:
+        params = make_params()
+        optimizer = build(params)  # type: ignore[operator]
+        if hasattr(optimizer, "set_loss"):
+            optimizer.set_loss(1.0)
+        optimizer.step()
+        total = state_bytes(optimizer)
+        adamw_bytes = adamw_bytes or total
+        spec = REGISTRY.get(name)
+        record = {
+            "optimizer": name,
+            "state_bytes": total,
+            "bytes_per_param": total / numel,
+            "x_adamw": total / adamw_bytes,
+            "declared_buffers": None if spec is None else spec.state_buffers,
+        }
+        records.append(record)
+        rows.append([name, f"{total / 2**20:.1f}", f"{total / numel:.2f}", f"{total / adamw_bytes:.2f}"])
+    print(f"{len(STANDARD_SHAPES)} fp32 tensors, {numel / 1e6:.1f}M parameters")
+    print(markdown_table(["optimizer", "state MiB", "bytes / param", "x AdamW"], rows))
+    write_json(args.out, {"machine": machine_info(), "numel": numel, "created": time.strftime("%F %T"), "results": records})
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

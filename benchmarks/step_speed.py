@@ -1,0 +1,168 @@
+"""Optimizer step speed on the standard 20.9M-parameter set, with ratios to baselines from the same run.
+
+For every registered optimizer, eager and compiled (``compile=True``), beside torch's AdamW (per-tensor
+loop, foreach, fused) and public implementations of the same algorithm where one is installed
+(lucidrains' ``adam-atan2-pytorch``). Candidates are timed round-robin, so that the machine's noise
+hits all of them alike, and reported as medians. The bandwidth floor of each optimizer is the bytes
+its ideal fused step must read and write divided by the copy bandwidth measured in the same run.
+
+Usage::
+
+    python benchmarks/step_speed.py                 # all candidates, 30 timed steps each
+    python benchmarks/step_speed.py --steps 10 --only AdaLo AdamW-fused
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (  # noqa: E402
+    STANDARD_SHAPES,
+    BandwidthProbe,
+    machine_info,
+    make_params,
+    markdown_table,
+    median_ms,
+    timed,
+    write_json,
+)
+
+from lightning_opt.registry import REGISTRY  # noqa: E402
+
+ADAMW_ACCESSES = 7  # reads p, g, m, v; writes p, m, v
+
+
+@dataclass
+class Candidate:
+    name: str
+    algorithm: str
+    path: str
+    build: Callable[[list[torch.Tensor]], torch.optim.Optimizer]
+    memory_accesses: int
+    loss_driven: bool = False
+    samples: list[float] = field(default_factory=list)
+    first_step_s: float = 0.0
+
+
+def candidates() -> list[Candidate]:
+    found = [
+        Candidate("AdamW-loop", "AdamW", "torch loop", lambda p: torch.optim.AdamW(p, foreach=False), ADAMW_ACCESSES),
+        Candidate("AdamW-foreach", "AdamW", "torch foreach", lambda p: torch.optim.AdamW(p, foreach=True), ADAMW_ACCESSES),
+        Candidate("AdamW-fused", "AdamW", "torch fused", lambda p: torch.optim.AdamW(p, fused=True), ADAMW_ACCESSES),
+    ]
+    for spec in REGISTRY.values():
+        for compiled in (False, True):
+            found.append(
+                Candidate(
+                    f"{spec.name}{'-compiled' if compiled else ''}",
+                    spec.name,
+                    "lightning-opt compiled" if compiled else "lightning-opt eager",
+                    lambda p, cls=spec.cls, c=compiled: cls(p, compile=c),
+                    spec.memory_accesses,
+                    spec.loss_driven,
+                )
+            )
+    try:
+        from adam_atan2_pytorch import AdamAtan2 as PublicAdamAtan2
+    except ImportError:
+        pass
+    else:
+        found.append(
+            Candidate("AdamAtan2-lucidrains", "AdamAtan2", "adam-atan2-pytorch", lambda p: PublicAdamAtan2(p, lr=1e-3), 7)
+        )
+    return found
+
+
+def step(candidate: Candidate, optimizer: torch.optim.Optimizer) -> None:
+    if candidate.loss_driven:
+        optimizer.set_loss(1.0)  # type: ignore[attr-defined]
+    optimizer.step()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=30, help="timed steps per candidate")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per candidate (the first compiles)")
+    parser.add_argument("--only", nargs="*", help="candidate names to run (default: all)")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/step_speed.json"))
+    args = parser.parse_args(argv)
+
+    chosen = [c for c in candidates() if not args.only or c.name in args.only]
+    numel = sum(torch.Size(shape).numel() for shape in STANDARD_SHAPES)
+    print(f"{len(STANDARD_SHAPES)} fp32 tensors, {numel / 1e6:.1f}M parameters, {torch.get_num_threads()} threads")
+
+    states = []
+    for candidate in chosen:
+        params = make_params()
+        optimizer = candidate.build(params)
+        candidate.first_step_s = timed(lambda: step(candidate, optimizer))
+        for _ in range(args.warmup - 1):
+            step(candidate, optimizer)
+        states.append((candidate, optimizer))
+        print(f"  ready: {candidate.name} (first step {candidate.first_step_s:.1f} s)", flush=True)
+
+    probe, bandwidths = BandwidthProbe(numel), []
+    for _ in range(args.steps):  # round-robin: every candidate sees the same machine conditions
+        bandwidths.append(probe.sample())
+        for candidate, optimizer in states:
+            candidate.samples.append(timed(lambda: step(candidate, optimizer)))
+    bandwidths.sort()
+    bandwidth = bandwidths[len(bandwidths) // 2]
+
+    by_name = {c.name: c for c in chosen}
+    reference = {name: median_ms(by_name[name].samples) for name in ("AdamW-foreach", "AdamW-fused") if name in by_name}
+    rows, records = [], []
+    for candidate in chosen:
+        ms = median_ms(candidate.samples)
+        floor_ms = candidate.memory_accesses * 4 * numel / bandwidth * 1e3
+        record = {
+            "name": candidate.name,
+            "algorithm": candidate.algorithm,
+            "path": candidate.path,
+            "median_ms": ms,
+            "floor_ms": floor_ms,
+            "x_floor": ms / floor_ms,
+            "first_step_s": candidate.first_step_s,
+            **{f"x_{name}": ms / value for name, value in reference.items()},
+        }
+        records.append(record)
+        rows.append(
+            [
+                candidate.name,
+                candidate.path,
+                f"{ms:.1f}",
+                f"{floor_ms:.1f}",
+                f"{ms / floor_ms:.2f}",
+                *(f"{ms / value:.2f}" for value in reference.values()),
+                f"{candidate.first_step_s:.1f}",
+            ]
+        )
+    headers = ["optimizer", "path", "median ms/step", "floor ms", "x floor", *(f"x {n}" for n in reference), "first step s"]
+    print()
+    print(f"memory bandwidth (median of {len(bandwidths)}): {bandwidth / 1e9:.1f} GB/s; {args.steps} timed steps each")
+    print(markdown_table(headers, rows))
+    write_json(
+        args.out,
+        {
+            "machine": machine_info(),
+            "numel": numel,
+            "copy_bandwidth_bytes_per_s": bandwidth,
+            "steps": args.steps,
+            "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "results": records,
+        },
+    )
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
