@@ -51,8 +51,8 @@ class LossFeeder(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit" and not pl_module.automatic_optimization:
             rank_zero_warn(
-                "LossFeeder does nothing under manual optimization: call optimizer.set_loss(loss) yourself "
-                "before optimizer.step()."
+                "LossFeeder does nothing under manual optimization: give the optimizer the loss yourself, "
+                "with self.optimizers().set_loss(loss) or self.optimizers().step(loss=loss)."
             )
 
     @override
@@ -65,7 +65,7 @@ class LossFeeder(Callback):
             return
         # Lightning divided the training_step loss by accumulate_grad_batches and, under a GradScaler,
         # multiplied it by the current scale: undo both to get the micro-batch's own mean loss.
-        micro_batch_loss = loss.detach().double() * trainer.accumulate_grad_batches
+        micro_batch_loss = loss.detach().to(_accumulation_dtype(loss.device)) * trainer.accumulate_grad_batches
         scaler = getattr(trainer.precision_plugin, "scaler", None)
         if scaler is not None and scaler.is_enabled():
             micro_batch_loss = micro_batch_loss / scaler.get_scale()
@@ -83,16 +83,24 @@ class LossFeeder(Callback):
         self._reset()
         loss = float(window_mean)
         self.last_fed_loss = loss
-        for candidate in _unwrap(optimizer):
-            if isinstance(candidate, LossDriven):
-                candidate.set_loss(loss)
+        target = _unwrap(optimizer)
+        if isinstance(target, LossDriven):
+            target.set_loss(loss)
 
     def _reset(self) -> None:
         self._window_sum = None
         self._window_count = 0
 
 
-def _unwrap(optimizer: Any) -> list[Any]:
-    """The optimizer itself and, for Lightning's wrapper, the optimizer it wraps."""
-    inner = getattr(optimizer, "_optimizer", None)
-    return [optimizer] if inner is None else [optimizer, inner]
+def _unwrap(optimizer: Any) -> Any:
+    """The optimizer itself or, for Lightning's wrapper, the optimizer it wraps.
+
+    A ``LightningOptimizer`` passes ``isinstance`` checks for the wrapped class but keeps its own
+    ``__dict__``, so ``set_loss`` called on the wrapper would never reach the wrapped optimizer.
+    """
+    return getattr(optimizer, "_optimizer", optimizer)
+
+
+def _accumulation_dtype(device: torch.device) -> torch.dtype:
+    """float64 to sum the window's losses exactly, except on MPS, which has no float64."""
+    return torch.float32 if device.type == "mps" else torch.float64

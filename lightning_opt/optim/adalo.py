@@ -93,8 +93,9 @@ class AdaLo(BaseOptimizer):
             mode=check_choice("mode", mode, MODES),
         )
         super().__init__(params, defaults, compile=compile)
-        self._fed_loss: torch.Tensor | float | None = None
-        self._warned_distributed = False
+        # Mutable and shared by reference: Lightning's LightningOptimizer wrapper copies this object's
+        # attribute dict, so a loss fed through the wrapper must land in a container both can see.
+        self._pending: dict[str, Any] = {"loss": None, "warned_distributed": False}
 
     # ----------------------------------------------------------------- the loss
     def set_loss(self, loss: torch.Tensor | float) -> None:
@@ -110,7 +111,7 @@ class AdaLo(BaseOptimizer):
             loss = loss.detach()
         elif isinstance(loss, bool) or not isinstance(loss, (int, float)):
             raise ValueError(f"Invalid loss: {loss!r} (expected a number or a 0-d tensor)")
-        self._fed_loss = loss
+        self._pending["loss"] = loss
 
     def step(self, closure: Any = None, loss: torch.Tensor | float | None = None) -> Any:  # type: ignore[override]
         """Perform one optimization step.
@@ -128,7 +129,7 @@ class AdaLo(BaseOptimizer):
         return super().step(closure)
 
     def begin_step(self, closure_loss: torch.Tensor | None) -> None:
-        fed, self._fed_loss = self._fed_loss, None
+        fed, self._pending["loss"] = self._pending["loss"], None
         if fed is None and closure_loss is not None:
             self._warn_if_replicas_diverge()
         loss = fed if fed is not None else closure_loss
@@ -148,8 +149,8 @@ class AdaLo(BaseOptimizer):
 
     def _warn_if_replicas_diverge(self) -> None:
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-        if distributed and torch.distributed.get_world_size() > 1 and not self._warned_distributed:
-            self._warned_distributed = True
+        if distributed and torch.distributed.get_world_size() > 1 and not self._pending["warned_distributed"]:
+            self._pending["warned_distributed"] = True
             warnings.warn(
                 "AdaLo is using each process's own closure loss, so data-parallel replicas take different "
                 "steps and drift apart. Feed the all-reduced loss instead: add lightning_opt.LossFeeder() "
