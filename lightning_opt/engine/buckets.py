@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -27,8 +27,9 @@ def collect_buckets(
     init_state: Callable[[torch.Tensor, dict], None],
     buffer_names: tuple[str, ...],
     optimizer_name: str,
-) -> dict[BucketKey, Bucket]:
-    """Bucket the parameters that have a gradient and advance their step counters.
+    skip_nonfinite: bool = False,
+) -> tuple[dict[BucketKey, Bucket], int]:
+    """Bucket the parameters that take a step and advance their step counters.
 
     Args:
         params: the group's parameters; those whose ``grad`` is ``None`` are skipped.
@@ -36,27 +37,49 @@ def collect_buckets(
         init_state: fills an empty state dict for a parameter (lazy state).
         buffer_names: the state entries passed to the update function, in order.
         optimizer_name: used in the error raised for sparse gradients.
+        skip_nonfinite: also skip the parameters whose gradient holds an inf or NaN.
 
     Returns:
-        One :class:`Bucket` per ``(device, dtype)``, in first-seen order.
+        One :class:`Bucket` per ``(device, dtype)``, in first-seen order, and the number of
+        parameters skipped for a non-finite gradient.
     """
-    buckets: dict[BucketKey, Bucket] = {}
+    stepping = []
     for param in params:
-        grad = param.grad
-        if grad is None:
+        if param.grad is None:
             continue
-        if grad.is_sparse:
+        if param.grad.is_sparse:
             raise RuntimeError(
                 f"{optimizer_name} does not support sparse gradients (parameter of shape {tuple(param.shape)}); "
                 "use torch.optim.SparseAdam or a dense embedding"
             )
+        stepping.append(param)
+    skipped = 0
+    if skip_nonfinite:
+        finite = all_finite([param.grad for param in stepping])  # type: ignore[misc]
+        skipped = len(stepping) - sum(finite)
+        stepping = [param for param, ok in zip(stepping, finite) if ok]
+    buckets: dict[BucketKey, Bucket] = {}
+    for param in stepping:
         state = state_of(param)
         if not state:
             init_state(param, state)
         state["step"] += 1
         bucket = buckets.setdefault((param.device, param.dtype), Bucket())
         bucket.params.append(param)
-        bucket.grads.append(grad)
+        bucket.grads.append(param.grad)  # type: ignore[arg-type]
         bucket.buffers.append({name: state[name] for name in buffer_names})
         bucket.steps.append(int(state["step"].item()))
-    return buckets
+    return buckets, skipped
+
+
+def all_finite(tensors: Sequence[torch.Tensor]) -> list[bool]:
+    """Whether each tensor is free of inf and NaN, with one host sync per device."""
+    by_device: dict[torch.device, list[int]] = {}
+    for index, tensor in enumerate(tensors):
+        by_device.setdefault(tensor.device, []).append(index)
+    result = [True] * len(tensors)
+    for indices in by_device.values():
+        flags = torch.stack([torch.isfinite(tensors[i]).all() for i in indices]).tolist()
+        for i, flag in zip(indices, flags):
+            result[i] = flag
+    return result

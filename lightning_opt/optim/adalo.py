@@ -54,6 +54,7 @@ class AdaLo(BaseOptimizer):
         eps: the smallest step size.
         mode: ``"adversarial"`` (default) or ``"compliant"``, see above.
         compile: fuse each bucket's update with ``torch.compile`` (same numbers, faster steps).
+        skip_nonfinite: leave a tensor untouched (with a warning) when its gradient has inf or NaN.
 
     Example:
         >>> model = torch.nn.Linear(4, 2)
@@ -83,6 +84,7 @@ class AdaLo(BaseOptimizer):
         eps: float = 1e-8,
         mode: str = "adversarial",
         compile: bool = False,
+        skip_nonfinite: bool = False,
     ) -> None:
         defaults = dict(
             lr=check_float("lr", lr, low=0.0),
@@ -92,7 +94,7 @@ class AdaLo(BaseOptimizer):
             eps=check_float("eps", eps, low=0.0),
             mode=check_choice("mode", mode, MODES),
         )
-        super().__init__(params, defaults, compile=compile)
+        super().__init__(params, defaults, compile=compile, skip_nonfinite=skip_nonfinite)
         # Mutable and shared by reference: Lightning's LightningOptimizer wrapper copies this object's
         # attribute dict, so a loss fed through the wrapper must land in a container both can see.
         self._pending: dict[str, Any] = {"loss": None, "warned_distributed": False}

@@ -48,6 +48,7 @@ class AdamAtan2(BaseOptimizer):
             (arXiv:2510.12402).
         nesterov: use Nesterov momentum (NAdam look-ahead) in the numerator.
         compile: fuse each bucket's update with ``torch.compile`` (same numbers, faster steps).
+        skip_nonfinite: leave a tensor untouched (with a warning) when its gradient has inf or NaN.
 
     Example:
         >>> model = torch.nn.Linear(4, 2)
@@ -75,6 +76,7 @@ class AdamAtan2(BaseOptimizer):
         cautious_weight_decay: bool = False,
         nesterov: bool = False,
         compile: bool = False,
+        skip_nonfinite: bool = False,
     ) -> None:
         defaults = dict(
             lr=check_float("lr", lr, low=0.0),
@@ -86,7 +88,7 @@ class AdamAtan2(BaseOptimizer):
             cautious_weight_decay=check_bool("cautious_weight_decay", cautious_weight_decay),
             nesterov=check_bool("nesterov", nesterov),
         )
-        super().__init__(params, defaults, compile=compile)
+        super().__init__(params, defaults, compile=compile, skip_nonfinite=skip_nonfinite)
 
     def group_hyperparameters(self, group: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
         lr, weight_decay = group["lr"], group["weight_decay"]

@@ -31,6 +31,7 @@ class NSGDA(BaseOptimizer):
         eps: added to the momentum's norm; keeps the step finite for a zero momentum.
         weight_decay: L2 penalty added to the gradient before the momentum.
         compile: fuse each bucket's update with ``torch.compile`` (same numbers, faster steps).
+        skip_nonfinite: leave a tensor untouched (with a warning) when its gradient has inf or NaN.
 
     Example:
         >>> model = torch.nn.Linear(4, 2)
@@ -53,6 +54,7 @@ class NSGDA(BaseOptimizer):
         eps: float = 1e-8,
         weight_decay: float = 1e-2,
         compile: bool = False,
+        skip_nonfinite: bool = False,
     ) -> None:
         defaults = dict(
             lr=check_float("lr", lr, low=0.0),
@@ -60,7 +62,7 @@ class NSGDA(BaseOptimizer):
             eps=check_float("eps", eps, low=0.0),
             weight_decay=check_float("weight_decay", weight_decay, low=0.0),
         )
-        super().__init__(params, defaults, compile=compile)
+        super().__init__(params, defaults, compile=compile, skip_nonfinite=skip_nonfinite)
 
     def group_hyperparameters(self, group: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
         numbers = {"momentum": group["momentum"], "neg_lr": -group["lr"], "weight_decay": group["weight_decay"]}
