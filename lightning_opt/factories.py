@@ -53,16 +53,18 @@ def param_groups_for_weight_decay(
         [1, 3]
     """
     rule = _as_rule(no_decay)
-    decay: list[nn.Parameter] = []
-    exempt: list[nn.Parameter] = []
-    seen: set[int] = set()
-    for module_name, child in module.named_modules():
+    exempt_by_id: dict[int, bool] = {}
+    params_by_id: dict[int, nn.Parameter] = {}
+    # A parameter shared by several modules (tied embedding and output layer) is exempt if any owner exempts it.
+    for module_name, child in module.named_modules(remove_duplicate=False):
         for param_name, param in child.named_parameters(recurse=False):
-            if not param.requires_grad or id(param) in seen:
+            if not param.requires_grad:
                 continue
-            seen.add(id(param))
             full_name = f"{module_name}.{param_name}" if module_name else param_name
-            (exempt if rule(full_name, param, child) else decay).append(param)
+            params_by_id.setdefault(id(param), param)
+            exempt_by_id[id(param)] = exempt_by_id.get(id(param), False) or rule(full_name, param, child)
+    decay = [param for key, param in params_by_id.items() if not exempt_by_id[key]]
+    exempt = [param for key, param in params_by_id.items() if exempt_by_id[key]]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": exempt, "weight_decay": 0.0}]
     return [group for group in groups if group["params"]]
 
@@ -131,16 +133,15 @@ def resolve_optimizer_class(name: str) -> type[torch.optim.Optimizer]:
         if spec.name.lower() == str(name).lower():
             return spec.cls
     candidate = getattr(torch.optim, str(name), None)
-    if inspect.isclass(candidate) and issubclass(candidate, torch.optim.Optimizer):
+    if inspect.isclass(candidate) and issubclass(candidate, torch.optim.Optimizer) and candidate is not torch.optim.Optimizer:
         return candidate
     raise ValueError(f"Invalid name: {name!r} (expected one of {', '.join(REGISTRY)} or a torch.optim class name)")
 
 
 def _resolve_scheduler(scheduler: Union[str, type]) -> type:
-    if inspect.isclass(scheduler):
-        return scheduler
-    candidate = getattr(torch.optim.lr_scheduler, str(scheduler), None)
-    if inspect.isclass(candidate):
+    candidate = scheduler if inspect.isclass(scheduler) else getattr(torch.optim.lr_scheduler, str(scheduler), None)
+    base = torch.optim.lr_scheduler.LRScheduler
+    if inspect.isclass(candidate) and issubclass(candidate, base) and candidate is not base:
         return candidate
     raise ValueError(f"Invalid scheduler: {scheduler!r} (expected a torch.optim.lr_scheduler class or its name)")
 

@@ -83,9 +83,18 @@ REGISTRY: dict[str, OptimizerSpec] = {
             name="NSGDA",
             cls=NSGDA,
             summary="normalised SGD with momentum: each tensor moves by lr along its momentum direction",
-            test_kwargs=({"lr": 1e-2}, {"lr": 3e-2, "momentum": 0.0, "weight_decay": 0.0, "eps": 1e-3}),
+            test_kwargs=(
+                {"lr": 1e-2},
+                {"lr": 3e-2, "momentum": 0.0, "weight_decay": 0.0, "eps": 1e-3},
+                {"lr": 1e-2, "eps": 0.5},  # an eps large enough that the bias correction inside it matters
+            ),
             invalid_kwargs=_COMMON_INVALID
-            + (({"momentum": 1.0}, "momentum"), ({"momentum": -0.1}, "momentum"), ({"eps": -1.0}, "eps")),
+            + (
+                ({"momentum": 1.0}, "momentum"),
+                ({"momentum": -0.1}, "momentum"),
+                ({"eps": -1.0}, "eps"),
+                ({"eps": 0.0}, "eps"),
+            ),
             state_buffers=1,
             memory_accesses=7,
             paper="Jelassi et al., OpenReview 2021",
@@ -100,6 +109,7 @@ REGISTRY: dict[str, OptimizerSpec] = {
                 {"cautious": True, "betas": (0.8, 0.95)},
                 {"cautious_weight_decay": True, "weight_decay": 0.1, "lr": 3e-2},
                 {"nesterov": True, "a": 2.0, "b": 0.5},
+                {"nesterov": True, "cautious": True, "cautious_weight_decay": True, "weight_decay": 0.1, "lr": 1e-2},
                 {"nesterov": True, "cautious": True, "cautious_weight_decay": True, "betas": (0.0, 0.9)},
             ),
             invalid_kwargs=_COMMON_INVALID

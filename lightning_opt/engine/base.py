@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Union
 
 import torch
 
-from lightning_opt.engine.buckets import Bucket, collect_buckets
+from lightning_opt.engine.buckets import Bucket, collect_buckets, reject_sparse_grads
 from lightning_opt.engine.compiled import new_compiled_bucket_runner, run_bucket, scalar_dtype
 from lightning_opt.transforms.arith import Scalar
 from lightning_opt.validation import check_bool
@@ -102,12 +102,12 @@ class BaseOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        reject_sparse_grads((p for group in self.param_groups for p in group["params"]), type(self).__name__)
         self.begin_step(loss)
-        name = type(self).__name__
         for index, group in enumerate(self.param_groups):
             numbers, flags = self.group_hyperparameters(group)
             buckets, skipped = collect_buckets(
-                group["params"], self.state.__getitem__, self.init_state, self.buffer_names, name, self._skip_nonfinite
+                group["params"], self.state.__getitem__, self.init_state, self.buffer_names, self._skip_nonfinite
             )
             if skipped:
                 self._report_nonfinite(skipped)

@@ -26,7 +26,6 @@ def collect_buckets(
     state_of: Callable[[torch.Tensor], dict],
     init_state: Callable[[torch.Tensor, dict], None],
     buffer_names: tuple[str, ...],
-    optimizer_name: str,
     skip_nonfinite: bool = False,
 ) -> tuple[dict[BucketKey, Bucket], int]:
     """Bucket the parameters that take a step and advance their step counters.
@@ -36,23 +35,13 @@ def collect_buckets(
         state_of: maps a parameter to its (possibly empty) state dict.
         init_state: fills an empty state dict for a parameter (lazy state).
         buffer_names: the state entries passed to the update function, in order.
-        optimizer_name: used in the error raised for sparse gradients.
         skip_nonfinite: also skip the parameters whose gradient holds an inf or NaN.
 
     Returns:
         One :class:`Bucket` per ``(device, dtype)``, in first-seen order, and the number of
         parameters skipped for a non-finite gradient.
     """
-    stepping = []
-    for param in params:
-        if param.grad is None:
-            continue
-        if param.grad.is_sparse:
-            raise RuntimeError(
-                f"{optimizer_name} does not support sparse gradients (parameter of shape {tuple(param.shape)}); "
-                "use torch.optim.SparseAdam or a dense embedding"
-            )
-        stepping.append(param)
+    stepping = [param for param in params if param.grad is not None]
     skipped = 0
     if skip_nonfinite:
         finite = all_finite([param.grad for param in stepping])  # type: ignore[misc]
@@ -70,6 +59,16 @@ def collect_buckets(
         bucket.buffers.append({name: state[name] for name in buffer_names})
         bucket.steps.append(int(state["step"].item()))
     return buckets, skipped
+
+
+def reject_sparse_grads(params: Iterable[torch.Tensor], optimizer_name: str) -> None:
+    """Raise ``RuntimeError`` if any parameter has a sparse gradient (checked before a step changes anything)."""
+    for param in params:
+        if param.grad is not None and param.grad.is_sparse:
+            raise RuntimeError(
+                f"{optimizer_name} does not support sparse gradients (parameter of shape {tuple(param.shape)}); "
+                "use torch.optim.SparseAdam or a dense embedding"
+            )
 
 
 def all_finite(tensors: Sequence[torch.Tensor]) -> list[bool]:

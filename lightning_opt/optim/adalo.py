@@ -95,9 +95,16 @@ class AdaLo(BaseOptimizer):
             mode=check_choice("mode", mode, MODES),
         )
         super().__init__(params, defaults, compile=compile, skip_nonfinite=skip_nonfinite)
+        self._reset_pending()
+
+    def _reset_pending(self) -> None:
         # Mutable and shared by reference: Lightning's LightningOptimizer wrapper copies this object's
         # attribute dict, so a loss fed through the wrapper must land in a container both can see.
         self._pending: dict[str, Any] = {"loss": None, "warned_distributed": False}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._reset_pending()  # a pending loss belongs to the next step of the original, not to a copy
 
     # ----------------------------------------------------------------- the loss
     def set_loss(self, loss: torch.Tensor | float) -> None:

@@ -28,7 +28,7 @@ class NSGDA(BaseOptimizer):
         params: iterable of parameters or of dicts defining parameter groups.
         lr: learning rate: the L2 norm of each tensor's step (up to eps).
         momentum: coefficient of the running average of the gradient, in [0, 1).
-        eps: added to the momentum's norm; keeps the step finite for a zero momentum.
+        eps: added to the momentum's norm (> 0); keeps the step finite for a zero momentum.
         weight_decay: L2 penalty added to the gradient before the momentum.
         compile: fuse each bucket's update with ``torch.compile`` (same numbers, faster steps).
         skip_nonfinite: leave a tensor untouched (with a warning) when its gradient has inf or NaN.
@@ -59,7 +59,7 @@ class NSGDA(BaseOptimizer):
         defaults = dict(
             lr=check_float("lr", lr, low=0.0),
             momentum=check_probability("momentum", momentum),
-            eps=check_float("eps", eps, low=0.0),
+            eps=check_float("eps", eps, low=0.0, low_inclusive=False),
             weight_decay=check_float("weight_decay", weight_decay, low=0.0),
         )
         super().__init__(params, defaults, compile=compile, skip_nonfinite=skip_nonfinite)

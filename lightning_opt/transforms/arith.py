@@ -22,7 +22,7 @@ def add_scaled_(x: torch.Tensor, y: torch.Tensor, scale: Scalar) -> torch.Tensor
 
 
 def add_scaled(x: torch.Tensor, y: torch.Tensor, scale: Scalar) -> torch.Tensor:
-    """Out of place ``x + scale * y``."""
+    """Out of place ``x + scale * y``, with the dtype of ``x`` (also when all three are 0-d)."""
     if isinstance(scale, torch.Tensor):
-        return torch.addcmul(x, y, scale)
+        return torch.addcmul(x, y, scale).to(x.dtype)
     return torch.add(x, y, alpha=scale)

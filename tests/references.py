@@ -1,0 +1,262 @@
+"""Float64 reference implementations of every registered optimizer, for the common test suite.
+
+Written from the formulas in ``design/ALGORITHMS.md`` and the optimizers' docstrings, *not* from the
+package's code: every update is spelled out in its textbook form (bias corrections applied to the
+moments, the seed's ``tanh`` loss transform, the mask built from the gradient...) rather than in the
+folded forms the package uses for speed. Nothing here imports :mod:`lightning_opt`.
+
+A reference mirrors the ``torch.optim`` calling convention::
+
+    ref = AdamAtan2Reference([{"params": [w, b]}, {"params": [e], "lr": 1e-2}], lr=1e-3, cautious=True)
+    ref.step([[gw, gb], [None]])          # one gradient (or None: no step for that tensor) per parameter
+    ref.params[0][1]                       # the float64 value of ``b`` after the step
+    ref.state[(0, 1)]["exp_avg"]           # its state, under torch's names, with an int "step"
+
+Hyper-parameters may be changed between steps by editing ``ref.groups[i]`` (as a scheduler edits an
+optimizer's ``param_groups``). Unknown hyper-parameter names raise ``TypeError``, so that a flag added
+to an optimizer cannot be silently ignored by its reference.
+
+``mutation`` deliberately breaks one detail of an update; the suite uses it to prove that its tolerances
+detect that kind of mistake. It is never set when checking the package.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+
+F64 = torch.float64
+
+
+class Reference:
+    """A float64, one-tensor-at-a-time optimizer with the ``torch.optim`` group semantics."""
+
+    name: ClassVar[str]
+    defaults: ClassVar[dict[str, Any]]
+    mutations: ClassVar[tuple[str, ...]] = ()
+    loss_driven: ClassVar[bool] = False
+
+    def __init__(self, param_groups: Sequence[Any], *, mutation: str | None = None, **hyperparameters: Any) -> None:
+        unknown = set(hyperparameters) - set(self.defaults)
+        if unknown:
+            raise TypeError(f"{self.name} reference has no hyper-parameter(s) {sorted(unknown)}")
+        if mutation is not None and mutation not in self.mutations:
+            raise ValueError(f"unknown mutation {mutation!r} for {self.name}")
+        self.mutation = mutation
+        base = {**self.defaults, **hyperparameters}
+        groups = list(param_groups)
+        if groups and not isinstance(groups[0], dict):
+            groups = [{"params": groups}]
+        self.groups: list[dict[str, Any]] = []
+        for group in groups:
+            unknown = set(group) - set(self.defaults) - {"params"}
+            if unknown:
+                raise TypeError(f"{self.name} reference has no hyper-parameter(s) {sorted(unknown)}")
+            params = [torch.as_tensor(p).detach().to(F64).clone() for p in group["params"]]
+            self.groups.append({**base, **{k: v for k, v in group.items() if k != "params"}, "params": params})
+        self.state: dict[tuple[int, int], dict[str, Any]] = {}
+        self.group_state: list[dict[str, Any]] = [self.init_group_state(g) for g in self.groups]
+
+    @property
+    def params(self) -> list[list[torch.Tensor]]:
+        return [group["params"] for group in self.groups]
+
+    # ------------------------------------------------------------------ what a reference provides
+    def init_group_state(self, group: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
+    def init_state(self, p: torch.Tensor) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def begin_step(self, loss: float | None) -> None:
+        """Called once per step, before any tensor, with the loss fed for this step (or None)."""
+
+    def update(
+        self, p: torch.Tensor, g: torch.Tensor, state: dict[str, Any], group: dict[str, Any], group_state: dict
+    ) -> torch.Tensor:
+        """Return the new value of ``p``; ``state["step"]`` is already the 1-based step of this tensor."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ the step
+    def step(self, grads: Sequence[Sequence[torch.Tensor | None]], loss: float | None = None) -> None:
+        if len(grads) != len(self.groups):
+            raise ValueError("one list of gradients per group expected")
+        self.begin_step(None if loss is None else float(loss))
+        for gi, (group, group_grads) in enumerate(zip(self.groups, grads)):
+            if len(group_grads) != len(group["params"]):
+                raise ValueError("one gradient (or None) per parameter expected")
+            for pi, grad in enumerate(group_grads):
+                if grad is None:
+                    continue
+                p = group["params"][pi]
+                state = self.state.get((gi, pi))
+                if state is None:
+                    state = self.state[(gi, pi)] = {"step": 0, **self.init_state(p)}
+                state["step"] += 1
+                group["params"][pi] = self.update(p, grad.detach().to(F64), state, group, self.group_state[gi])
+
+
+# ---------------------------------------------------------------------------------------------- AdamAtan2
+class AdamAtan2Reference(Reference):
+    r"""Adam-atan2 (arXiv:2407.05872) with optional cautious mask, cautious weight decay and Nesterov.
+
+    m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;  m_hat = m / (1-b1^t)  (Nesterov: b1 m / (1-b1^(t+1))
+    + (1-b1) g / (1-b1^t));  v_hat = v / (1-b2^t);  u = a atan2(m_hat, b sqrt(v_hat));
+    cautious (2411.16085): mask = [u g > 0], u = u mask numel / (sum(mask) + 1);
+    decay: p = p - lr wd p  (cautious weight decay, 2510.12402 as written in ALGORITHMS.md:
+    only where u p > 0, u being the (masked) update);  then p = p - lr u.
+    """
+
+    name = "AdamAtan2"
+    defaults = {
+        "lr": 1e-3,
+        "betas": (0.9, 0.999),
+        "weight_decay": 1e-2,
+        "a": 1.27,
+        "b": 1.0,
+        "cautious": False,
+        "cautious_weight_decay": False,
+        "nesterov": False,
+    }
+    mutations = (
+        "no_bias_correction1",  # m_hat = m
+        "no_bias_correction2",  # v_hat = v
+        "no_decay",  # weight decay forgotten
+        "decay_after_update",  # p = (p - lr u)(1 - lr wd): decay of the already-updated parameter
+        "mask_against_momentum",  # cautious mask built from u * m instead of u * g
+        "mask_without_rescale",  # cautious mask without the numel / (sum + 1) factor
+        "cwd_unmasked_update",  # cautious weight decay decided on the update before the cautious mask
+        "cwd_greater_equal",  # the paper's 1[u p >= 0] instead of ALGORITHMS.md's 1[u p > 0]
+        "no_nesterov",  # nesterov flag ignored
+    )
+
+    def init_state(self, p: torch.Tensor) -> dict[str, Any]:
+        return {"exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
+
+    def update(self, p, g, state, group, group_state):
+        mutation = self.mutation
+        beta1, beta2 = group["betas"]
+        t = state["step"]
+        m = state["exp_avg"] = beta1 * state["exp_avg"] + (1.0 - beta1) * g
+        v = state["exp_avg_sq"] = beta2 * state["exp_avg_sq"] + (1.0 - beta2) * g * g
+        bc1 = 1.0 - beta1**t
+        bc2 = 1.0 - beta2**t
+        if mutation == "no_bias_correction1":
+            bc1 = 1.0
+        if mutation == "no_bias_correction2":
+            bc2 = 1.0
+        if group["nesterov"] and mutation != "no_nesterov":
+            m_hat = beta1 * m / (1.0 - beta1 ** (t + 1)) + (1.0 - beta1) * g / bc1
+        else:
+            m_hat = m / bc1
+        v_hat = v / bc2
+        u = group["a"] * torch.atan2(m_hat, group["b"] * torch.sqrt(v_hat))
+        unmasked = u
+        if group["cautious"]:
+            agree = (u * (m if mutation == "mask_against_momentum" else g) > 0).to(F64)
+            scale = 1.0 if mutation == "mask_without_rescale" else u.numel() / (agree.sum() + 1.0)
+            u = u * agree * scale
+        lr, wd = group["lr"], group["weight_decay"]
+        if mutation == "no_decay":
+            wd = 0.0
+        if group["cautious_weight_decay"]:
+            decider = unmasked if mutation == "cwd_unmasked_update" else u
+            same_sign = (decider * p >= 0) if mutation == "cwd_greater_equal" else (decider * p > 0)
+            decay = lr * wd * same_sign.to(F64) * p
+        else:
+            decay = lr * wd * p
+        if mutation == "decay_after_update":
+            return (p - lr * u) * (1.0 - lr * wd)
+        return p - decay - lr * u
+
+
+# ---------------------------------------------------------------------------------------------- nSGDA
+class NSGDAReference(Reference):
+    r"""nSGDA: d = g + wd p;  m = mu m + (1-mu) d;  m_hat = m / (1-mu^t);  p = p - lr m_hat / (||m_hat|| + eps)."""
+
+    name = "NSGDA"
+    defaults = {"lr": 4e-5, "momentum": 0.9, "eps": 1e-8, "weight_decay": 1e-2}
+    mutations = ("no_bias_correction", "decoupled_decay", "global_norm_per_element")
+
+    def init_state(self, p):
+        return {"momentum_buffer": torch.zeros_like(p)}
+
+    def update(self, p, g, state, group, group_state):
+        mu, lr, wd, eps = group["momentum"], group["lr"], group["weight_decay"], group["eps"]
+        t = state["step"]
+        d = g if self.mutation == "decoupled_decay" else g + wd * p
+        m = state["momentum_buffer"] = mu * state["momentum_buffer"] + (1.0 - mu) * d
+        bc = 1.0 if self.mutation == "no_bias_correction" else 1.0 - mu**t
+        m_hat = m / bc
+        if self.mutation == "global_norm_per_element":
+            norm = m_hat.abs()
+        else:
+            norm = torch.sqrt(torch.sum(m_hat * m_hat))
+        new_p = p - lr * m_hat / (norm + eps)
+        if self.mutation == "decoupled_decay":
+            new_p = new_p - lr * wd * p
+        return new_p
+
+
+# ---------------------------------------------------------------------------------------------- AdaLo
+def seed_loss_transform(loss: float) -> float:
+    """The seed's T(L) = (tanh(-log1p(L) / 2) + 1) / 2, written as the seed writes it."""
+    return (math.tanh(-math.log1p(loss) / 2.0) + 1.0) / 2.0
+
+
+class AdaLoReference(Reference):
+    r"""AdaLo, per group once per step: ell = b2 ell + (1-b2) T(L) (ell starts at 0; no loss: unchanged);
+    lr_t = max(ell / kappa, eps) ("adversarial") or max((1 - ell) / kappa, eps) ("compliant");
+    per tensor: m = b1 m + (1-b1) g;  p = p (1 - lr_t wd) - lr_t m.  ``lr`` is not used."""
+
+    name = "AdaLo"
+    defaults = {
+        "lr": 1e-8,
+        "betas": (0.9, 0.999),
+        "weight_decay": 1e-2,
+        "kappa": 3.0,
+        "eps": 1e-8,
+        "mode": "adversarial",
+    }
+    mutations = ("no_decay", "loss_average_after_step", "loss_transform_1_over_1_plus_l", "lr_used")
+    loss_driven = True
+
+    def init_group_state(self, group):
+        return {"loss_average": 0.0, "loss_count": 0, "step_size": None}
+
+    def init_state(self, p):
+        return {"exp_avg": torch.zeros_like(p)}
+
+    def begin_step(self, loss):
+        for group, group_state in zip(self.groups, self.group_state):
+            old_average = group_state["loss_average"]
+            if loss is not None and math.isfinite(loss):
+                if self.mutation == "loss_transform_1_over_1_plus_l":
+                    target = 1.0 / (1.0 + loss)
+                else:
+                    target = seed_loss_transform(loss)
+                beta2 = group["betas"][1]
+                group_state["loss_average"] = beta2 * old_average + (1.0 - beta2) * target
+                group_state["loss_count"] += 1
+            ell = old_average if self.mutation == "loss_average_after_step" else group_state["loss_average"]
+            scaled = ell if group["mode"] == "adversarial" else 1.0 - ell
+            step_size = max(scaled / group["kappa"], group["eps"])
+            if self.mutation == "lr_used":
+                step_size *= group["lr"] / 1e-3
+            group_state["step_size"] = step_size
+
+    def update(self, p, g, state, group, group_state):
+        beta1 = group["betas"][0]
+        lr_t = group_state["step_size"]
+        m = state["exp_avg"] = beta1 * state["exp_avg"] + (1.0 - beta1) * g
+        wd = 0.0 if self.mutation == "no_decay" else group["weight_decay"]
+        return p * (1.0 - lr_t * wd) - lr_t * m
+
+
+REFERENCES: dict[str, type[Reference]] = {
+    cls.name: cls for cls in (AdamAtan2Reference, NSGDAReference, AdaLoReference)
+}
+"""Registered optimizer name -> its float64 reference."""

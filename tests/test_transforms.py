@@ -1,0 +1,205 @@
+"""Each function of :mod:`lightning_opt.transforms` against its formula written directly in float64.
+
+Every transform takes its hyper-parameters as Python floats (the eager path) or as 0-d tensors (the
+compiled path); both must give the same numbers, on every shape including 0-d and empty tensors.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+import lightning_opt.transforms as transforms
+
+F32, F64, BF16 = torch.float32, torch.float64, torch.bfloat16
+SHAPES = [(), (7,), (4, 5), (2, 3, 4), (0,), (3, 0)]
+
+
+@dataclass(frozen=True)
+class Case:
+    """``function(*tensors, *scalars)`` should equal ``formula(*tensors_in_float64, *scalars_as_floats)``.
+
+    ``inplace``: index of the tensor argument the function updates in place and returns (None: it returns
+    a new tensor and leaves every input untouched). ``inputs``: how to draw the tensor arguments.
+    """
+
+    function: Callable
+    formula: Callable
+    scalars: tuple[float, ...]
+    inplace: int | None
+    inputs: Callable[[torch.Generator, tuple[int, ...]], list[torch.Tensor]]
+
+
+def _normal(count: int):
+    def draw(generator, shape):
+        return [torch.randn(shape, generator=generator, dtype=F64) for _ in range(count)]
+
+    return draw
+
+
+def _numerator_and_second_moment(generator, shape):
+    numerator = torch.randn(shape, generator=generator, dtype=F64)
+    second_moment = torch.rand(shape, generator=generator, dtype=F64) ** 2
+    if second_moment.numel() > 1:
+        second_moment.view(-1)[0] = 0.0  # atan2 needs no eps: a zero second moment is fine
+    return [numerator, second_moment]
+
+
+def _cautious_mask_formula(update, grad):
+    mask = (update * grad > 0).to(F64)
+    return update * mask * (update.numel() / (mask.sum() + 1.0))
+
+
+CASES = {
+    "ema_": Case(transforms.ema_, lambda m, g, beta: beta * m + (1 - beta) * g, (0.9,), 0, _normal(2)),
+    "ema_sq_": Case(transforms.ema_sq_, lambda v, g, beta: beta * v + (1 - beta) * g * g, (0.999,), 0, _normal(2)),
+    "add_scaled_": Case(transforms.add_scaled_, lambda x, y, s: x + s * y, (-0.37,), 0, _normal(2)),
+    "add_scaled": Case(transforms.add_scaled, lambda x, y, s: x + s * y, (2.5,), None, _normal(2)),
+    "atan2_direction": Case(
+        transforms.atan2_direction,
+        lambda m, v, s: torch.atan2(m, s * torch.sqrt(v)),
+        (0.37,),
+        None,
+        _numerator_and_second_moment,
+    ),
+    "atan2_direction_unit_scale": Case(
+        transforms.atan2_direction,
+        lambda m, v, s: torch.atan2(m, s * torch.sqrt(v)),
+        (1.0,),
+        None,
+        _numerator_and_second_moment,
+    ),
+    "cautious_mask_": Case(transforms.cautious_mask_, _cautious_mask_formula, (), 0, _normal(2)),
+    "cautious_weight_decay_": Case(
+        transforms.cautious_weight_decay_,
+        lambda p, u, lr_wd: p - lr_wd * (u * p > 0).to(F64) * p,
+        (0.03,),
+        0,
+        _normal(2),
+    ),
+    "decoupled_weight_decay_": Case(
+        transforms.decoupled_weight_decay_, lambda p, factor: p * factor, (1 - 1e-3 * 0.1,), 0, _normal(1)
+    ),
+    "l2_regularised": Case(transforms.l2_regularised, lambda g, p, wd: g + wd * p, (0.01,), None, _normal(2)),
+}
+PUBLIC_FUNCTIONS = sorted(
+    name for name in transforms.__all__ if callable(getattr(transforms, name)) and name != "Scalar"
+)
+
+
+def test_every_public_transform_is_tested():
+    tested = {case.function.__name__ for case in CASES.values()}
+    assert set(PUBLIC_FUNCTIONS) <= tested, f"add a Case for {sorted(set(PUBLIC_FUNCTIONS) - tested)}"
+
+
+def _run(case: Case, tensors: list[torch.Tensor], scalars: list) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    inputs = [t.clone() for t in tensors]
+    before = [t.clone() for t in inputs]
+    out = case.function(*inputs, *scalars)
+    for i, (now, was) in enumerate(zip(inputs, before)):
+        if i == case.inplace:
+            assert out is now, "an in-place transform returns the tensor it updated"
+        else:
+            assert torch.equal(now, was), f"input {i} was modified"
+    if case.inplace is None:
+        assert all(out is not t for t in inputs)
+    return out, inputs
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("key", list(CASES))
+def test_matches_the_float64_formula_with_float_and_tensor_hyperparameters(key, shape):
+    case = CASES[key]
+    generator = torch.Generator().manual_seed(zlib.crc32(repr((key, shape)).encode()))
+    exact = case.inputs(generator, shape)
+    expected = case.formula(*exact, *case.scalars)
+
+    # float64 inputs: float and 0-d float64 tensor hyper-parameters, both to float64 precision
+    for scalars in (list(case.scalars), [torch.tensor(s, dtype=F64) for s in case.scalars]):
+        out, _ = _run(case, exact, scalars)
+        assert out.dtype == F64 and out.shape == expected.shape
+        torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-14)
+
+    # float32 inputs: float and 0-d float32 tensor hyper-parameters (what the compiled path passes)
+    single = [t.float() for t in exact]
+    expected32 = case.formula(*[t.double() for t in single], *case.scalars)
+    with_float, _ = _run(case, single, list(case.scalars))
+    with_tensor, _ = _run(case, single, [torch.tensor(s, dtype=F32) for s in case.scalars])
+    for out in (with_float, with_tensor):
+        assert out.dtype == F32
+        torch.testing.assert_close(out.double(), expected32, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(with_tensor, with_float, rtol=1e-6, atol=1e-7)
+
+    # bfloat16 inputs with float32 0-d hyper-parameters: stays bf16, agrees with the float path
+    half = [t.to(BF16) for t in exact]
+    with_float, _ = _run(case, half, list(case.scalars))
+    with_tensor, _ = _run(case, half, [torch.tensor(s, dtype=F32) for s in case.scalars])
+    assert with_float.dtype == BF16
+    assert with_tensor.dtype == BF16  # also for all-0-d operands, where torch alone would promote to float32
+    expected16 = case.formula(*[t.double() for t in half], *case.scalars)
+    torch.testing.assert_close(with_tensor.double(), expected16, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(with_float.double(), expected16, rtol=2e-2, atol=2e-2)
+
+
+def test_hyperparameter_tensors_sliced_from_one_vector_work():
+    """The compiled path indexes one 1-D tensor of hyper-parameters: 0-d views, not fresh tensors."""
+    scalars = torch.tensor([0.9, 0.999, 0.5], dtype=F32)
+    m, v, g = torch.zeros(4), torch.ones(4), torch.tensor([1.0, -2.0, 0.5, 0.0])
+    transforms.ema_(m, g, scalars[0])
+    transforms.ema_sq_(v, g, scalars[1])
+    torch.testing.assert_close(m, 0.1 * g)
+    torch.testing.assert_close(v, 0.999 + 0.001 * g * g)
+    torch.testing.assert_close(transforms.atan2_direction(m, v, scalars[2]), torch.atan2(m, 0.5 * v.sqrt()))
+
+
+# ------------------------------------------------------------------------------------------------ edge cases
+def test_cautious_mask_examples():
+    # the docstring's example: the second coordinate disagrees with the gradient; scale 2 / (1 + 1)
+    out = transforms.cautious_mask_(torch.tensor([1.0, -1.0]), torch.tensor([2.0, 2.0]))
+    assert torch.equal(out, torch.tensor([1.0, 0.0]))
+    # every coordinate disagrees: all zero, finite (the +1 in the denominator)
+    out = transforms.cautious_mask_(torch.tensor([1.0, -2.0, 3.0]), torch.tensor([-1.0, 1.0, -1.0]))
+    assert torch.equal(out, torch.zeros(3))
+    # all agree: scaled by numel / (numel + 1)
+    out = transforms.cautious_mask_(torch.tensor([1.0, -2.0, 3.0]), torch.tensor([1.0, -1.0, 1.0]))
+    torch.testing.assert_close(out, torch.tensor([0.75, -1.5, 2.25]))
+    # a zero gradient or a zero update is "not agreeing"
+    out = transforms.cautious_mask_(torch.tensor([1.0, 0.0, 2.0]), torch.tensor([0.0, 1.0, 1.0]))
+    torch.testing.assert_close(out, torch.tensor([0.0, 0.0, 3.0]))
+    assert transforms.cautious_mask_(torch.zeros(0), torch.zeros(0)).shape == (0,)
+    # 0-d: numel 1, one agreeing coordinate: halved
+    assert float(transforms.cautious_mask_(torch.tensor(4.0), torch.tensor(1.0))) == 2.0
+
+
+def test_atan2_direction_is_bounded_and_nan_free():
+    m = torch.tensor([1.0, -1.0, 0.0, 1e30, -1e-30])
+    v = torch.tensor([1.0, 0.0, 0.0, 0.0, 0.0])
+    out = transforms.atan2_direction(m, v, 1.0)
+    torch.testing.assert_close(out, torch.tensor([math.pi / 4, -math.pi / 2, 0.0, math.pi / 2, -math.pi / 2]))
+    assert out.isfinite().all() and (out.abs() <= math.pi / 2).all()
+    assert torch.equal(v, torch.tensor([1.0, 0.0, 0.0, 0.0, 0.0]))  # the second moment is not modified
+
+
+def test_cautious_weight_decay_only_where_update_and_parameter_agree():
+    p = torch.tensor([1.0, 1.0, -2.0, -2.0, 3.0])
+    u = torch.tensor([0.5, -0.5, -1.0, 1.0, 0.0])
+    transforms.cautious_weight_decay_(p, u, 0.1)
+    torch.testing.assert_close(p, torch.tensor([0.9, 1.0, -1.8, -2.0, 3.0]))
+
+
+def test_l2_regularised_does_not_touch_the_users_gradient():
+    grad, param = torch.tensor([1.0, 2.0]), torch.tensor([10.0, -10.0])
+    out = transforms.l2_regularised(grad, param, 0.1)
+    assert torch.equal(out, torch.tensor([2.0, 1.0])) and torch.equal(grad, torch.tensor([1.0, 2.0]))
+
+
+def test_ema_examples():
+    assert torch.allclose(transforms.ema_(torch.zeros(3), torch.ones(3), 0.9), torch.full((3,), 0.1))
+    assert torch.allclose(transforms.ema_sq_(torch.ones(2), torch.tensor([3.0, -3.0]), 0.5), torch.tensor([5.0, 5.0]))
+    # beta = 0 keeps only the new value; beta -> 1 keeps the old one
+    assert torch.equal(transforms.ema_(torch.full((2,), 7.0), torch.tensor([1.0, 2.0]), 0.0), torch.tensor([1.0, 2.0]))
