@@ -15,9 +15,11 @@ Example::
 
 from __future__ import annotations
 
+import difflib
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -60,8 +62,9 @@ class LightningOptCLI(LightningCLI):
         **kwargs: passed on to :class:`~lightning.pytorch.cli.LightningCLI` (``trainer_defaults``,
             ``parser_kwargs``...).
 
-    Example:
-        >>> cli = LightningOptCLI(["fit", "--trainer.max_epochs=1", "--optimizer", "NSGDA"])  # doctest: +SKIP
+    Example::
+
+        cli = LightningOptCLI(["fit", "--trainer.max_epochs=1", "--optimizer", "NSGDA"])
     """
 
     def __init__(self, args: Sequence[str] | None = None, run: bool = True, **kwargs: Any) -> None:
@@ -73,7 +76,7 @@ class LightningOptCLI(LightningCLI):
             LightningDataModule,
             subclass_mode_model=True,
             subclass_mode_data=True,
-            args=None if args is None else list(args),
+            args=qualify_optimizer_names(sys.argv[1:] if args is None else args),
             run=run,
             **kwargs,
         )
@@ -91,6 +94,16 @@ class LightningOptCLI(LightningCLI):
         )
         parser.set_defaults({"model": {"class_path": DEFAULT_MODEL}, "data": {"class_path": DEFAULT_DATA}})
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Reject a mistyped ``--optimizer NAME`` with the list of names, then parse as LightningCLI does."""
+        argv = sys.argv[1:] if args is None else args
+        if isinstance(argv, (list, tuple)):
+            for name in _optimizer_names_in(argv):
+                problem = unknown_optimizer_message(name)
+                if problem is not None:
+                    parser.error(problem)
+        super().parse_arguments(parser, args)
+
     def before_instantiate_classes(self) -> None:
         """Apply ``--num_threads`` before anything runs."""
         num_threads = self._get(self.config, "num_threads")
@@ -107,6 +120,80 @@ class LightningOptCLI(LightningCLI):
             return
         seconds = None if self._fit_started is None else time.perf_counter() - self._fit_started
         print(format_fit_report(self.trainer, seconds), flush=True)
+
+
+def unknown_optimizer_message(name: str) -> str | None:
+    """Explain why ``--optimizer name`` cannot resolve, or return ``None`` if it may.
+
+    Only bare names are judged: a dotted class path, a JSON/YAML value or a file is left to LightningCLI.
+    A bare name resolves when it is the name of a ``torch.optim.Optimizer`` subclass that is defined.
+
+    Args:
+        name: the value given after ``--optimizer`` (or ``--optimizer.help``).
+
+    Example:
+        >>> unknown_optimizer_message("AdaLo") is None
+        True
+        >>> print(unknown_optimizer_message("adalo").splitlines()[0])
+        Invalid --optimizer: 'adalo' is not the name of an optimizer. Did you mean 'AdaLo'?
+    """
+    if "." in name or name[:1] in "{[" or name.lower() in ("null", "none") or Path(name).is_file():
+        return None
+    known = {cls.__name__ for cls in _subclasses(torch.optim.Optimizer)}
+    if name in known:
+        return None
+    same_but_case = [known_name for known_name in sorted(known) if known_name.lower() == name.lower()]
+    close = same_but_case or difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.6)
+    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    return (
+        f"Invalid --optimizer: {name!r} is not the name of an optimizer.{hint}\n"
+        f"  lightning-opt's optimizers: {', '.join(REGISTRY)} (details: lightning-opt {OPTIMIZERS_COMMAND})\n"
+        "  also accepted: any torch.optim class (Adam, AdamW, SGD...) or a full class path (my_pkg.MyOptimizer)"
+    )
+
+
+def _subclasses(cls: type) -> set[type]:
+    found: set[type] = set()
+    for sub in cls.__subclasses__():
+        found |= {sub} | _subclasses(sub)
+    return found
+
+
+def _optimizer_names_in(argv: Sequence[Any]) -> list[str]:
+    """The values given to ``--optimizer`` and ``--optimizer.help`` in command-line arguments."""
+    names = []
+    for index, arg in enumerate(argv):
+        if not isinstance(arg, str):
+            continue
+        for flag in ("--optimizer", "--optimizer.help"):
+            if arg == flag and index + 1 < len(argv) and isinstance(argv[index + 1], str):
+                names.append(argv[index + 1])
+            elif arg.startswith(flag + "="):
+                names.append(arg[len(flag) + 1 :])
+    return names
+
+
+def qualify_optimizer_names(argv: Sequence[str]) -> list[str]:
+    """Replace a registered short name after ``--optimizer`` / ``--optimizer.help`` by its full class path.
+
+    LightningCLI looks short names up among all imported ``torch.optim.Optimizer`` subclasses, so another
+    installed package with a class of the same name (``adam_atan2_pytorch.AdamAtan2``) makes
+    ``--optimizer AdamAtan2`` ambiguous once imported. In ``lightning-opt`` the package's own names win.
+
+    Example:
+        >>> qualify_optimizer_names(["fit", "--optimizer", "AdamAtan2", "--optimizer=AdaLo"])
+        ['fit', '--optimizer', 'lightning_opt.AdamAtan2', '--optimizer=lightning_opt.AdaLo']
+    """
+    result = list(argv)
+    for index, arg in enumerate(result):
+        key, equals, value = arg.partition("=")
+        if key not in ("--optimizer", "--optimizer.help"):
+            continue
+        if equals and value in REGISTRY:
+            result[index] = f"{key}=lightning_opt.{value}"
+        elif not equals and index + 1 < len(result) and result[index + 1] in REGISTRY:
+            result[index + 1] = f"lightning_opt.{result[index + 1]}"
+    return result
 
 
 def format_fit_report(trainer: Trainer, seconds: float | None) -> str:

@@ -178,7 +178,7 @@ class NSGDAReference(Reference):
     r"""nSGDA: d = g + wd p;  m = mu m + (1-mu) d;  m_hat = m / (1-mu^t);  p = p - lr m_hat / (||m_hat|| + eps)."""
 
     name = "NSGDA"
-    defaults = {"lr": 4e-5, "momentum": 0.9, "eps": 1e-8, "weight_decay": 1e-2}
+    defaults = {"lr": 1e-2, "momentum": 0.9, "eps": 1e-8, "weight_decay": 1e-2}
     mutations = ("no_bias_correction", "decoupled_decay", "global_norm_per_element")
 
     def init_state(self, p):
