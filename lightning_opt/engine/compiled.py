@@ -1,6 +1,6 @@
 """The bucket update, run eagerly (a per-tensor loop) or fused by ``torch.compile``.
 
-Both paths call the same per-tensor update function. The compiled path receives every hyper-parameter
+Both paths call the same per-tensor update function, one phase at a time. The compiled path receives every hyper-parameter
 as an element of one 1-D tensor, so a scheduler that changes ``lr`` at every step changes data, not the
 graph, and never triggers a recompile. Each bucket gets its own code object, so dynamo's per-function
 cache limit applies per bucket rather than across all buckets and optimizers of a process.
@@ -19,7 +19,7 @@ _bucket_ids = count()
 
 
 def run_bucket(
-    update: Callable[..., None],
+    update: Callable[..., Any],
     params: Sequence[torch.Tensor],
     grads: Sequence[torch.Tensor],
     buffers: Sequence[dict[str, torch.Tensor]],
@@ -27,21 +27,27 @@ def run_bucket(
     group_names: Sequence[str],
     tensor_names: Sequence[str],
     flags: Mapping[str, Any],
-) -> None:
-    """Apply ``update`` to every tensor of a bucket.
+    carried: Sequence[Mapping[str, torch.Tensor]],
+) -> list[dict[str, torch.Tensor]]:
+    """Apply one phase of an update to every tensor of a bucket; return what it returned per tensor.
 
     ``scalars`` holds the group's hyper-parameters (``group_names``) followed by each tensor's own
     (``tensor_names``, e.g. bias corrections that depend on that tensor's step). It is a list of floats
     on the eager path and a 1-D tensor on the compiled path; the indexing below serves both.
+    ``carried[i]`` holds what the previous phase returned for tensor ``i`` (a norm, say); it is added
+    to that tensor's hyper-parameters.
     """
     n_group, n_tensor = len(group_names), len(tensor_names)
     shared = {name: scalars[i] for i, name in enumerate(group_names)}
+    results = []
     for i in range(len(params)):
         offset = n_group + i * n_tensor
         hyperparameters = dict(shared)
         for j, name in enumerate(tensor_names):
             hyperparameters[name] = scalars[offset + j]
-        update(params[i], grads[i], buffers[i], hyperparameters, flags)
+        hyperparameters.update(carried[i])
+        results.append(update(params[i], grads[i], buffers[i], hyperparameters, flags) or {})
+    return results
 
 
 def new_compiled_bucket_runner() -> Callable[..., None]:

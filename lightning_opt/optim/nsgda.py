@@ -75,15 +75,24 @@ class NSGDA(BaseOptimizer):
         return {"eps_times_bc": group["eps"] * (1.0 - group["momentum"] ** step)}
 
     @staticmethod
-    def update(
+    def update_momentum(
         param: torch.Tensor, grad: torch.Tensor, buffers: dict[str, torch.Tensor], hp: Hyperparameters, flags: Flags
-    ) -> None:
+    ) -> dict[str, torch.Tensor]:
+        """First pass: the momentum, and its norm for the second pass."""
         momentum_buffer = buffers["momentum_buffer"]
         direction = l2_regularised(grad, param, hp["weight_decay"]) if flags["decay"] else grad
         ema_(momentum_buffer, direction, hp["momentum"])
-        norm = torch.linalg.vector_norm(momentum_buffer, dtype=_norm_dtype(momentum_buffer.dtype))
-        add_scaled_(param, momentum_buffer, hp["neg_lr"] / (norm + hp["eps_times_bc"]))
+        return {"momentum_norm": torch.linalg.vector_norm(momentum_buffer, dtype=_norm_dtype(momentum_buffer.dtype))}
 
+    @staticmethod
+    def update_param(
+        param: torch.Tensor, grad: torch.Tensor, buffers: dict[str, torch.Tensor], hp: Hyperparameters, flags: Flags
+    ) -> None:
+        """Second pass: move the parameter along the normalised momentum."""
+        add_scaled_(param, buffers["momentum_buffer"], hp["neg_lr"] / (hp["momentum_norm"] + hp["eps_times_bc"]))
+
+    # The norm of the new momentum is needed before the parameter can move: two passes over the tensor.
+    phases = ("update_momentum", "update_param")
 
 def _norm_dtype(dtype: torch.dtype) -> torch.dtype:
     # Accumulate the norm of half-precision buffers in float32.
