@@ -15,13 +15,16 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch._inductor.config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -94,7 +97,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per candidate (the first compiles)")
     parser.add_argument("--only", nargs="*", help="candidate names to run (default: all)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/step_speed.json"))
+    parser.add_argument(
+        "--warm-cache",
+        action="store_true",
+        help="reuse inductor's on-disk caches (default: a fresh cache, so 'first step' is a cold compile)",
+    )
     args = parser.parse_args(argv)
+    if not args.warm_cache:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-cold-")
+        torch._inductor.config.fx_graph_cache = False
 
     chosen = [c for c in candidates() if not args.only or c.name in args.only]
     numel = sum(torch.Size(shape).numel() for shape in STANDARD_SHAPES)
