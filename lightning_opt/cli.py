@@ -76,7 +76,7 @@ class LightningOptCLI(LightningCLI):
             LightningDataModule,
             subclass_mode_model=True,
             subclass_mode_data=True,
-            args=qualify_optimizer_names(sys.argv[1:] if args is None else args),
+            args=None if args is None else qualify_optimizer_names(args),
             run=run,
             **kwargs,
         )
@@ -295,7 +295,12 @@ def main(args: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if args is None else args)
     if argv[:1] == [OPTIMIZERS_COMMAND]:
         return _optimizers_command(argv[1:])
-    LightningOptCLI(None if args is None else argv)  # None: LightningCLI reads sys.argv itself, without a warning
+    if args is None:
+        # LightningCLI reads sys.argv itself; passing args as well would make it warn about the mix.
+        sys.argv[1:] = qualify_optimizer_names(argv)
+        LightningOptCLI()
+    else:
+        LightningOptCLI(argv)
     return 0
 
 

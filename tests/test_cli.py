@@ -8,7 +8,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,19 +24,7 @@ from recipes.digits import DigitsClassifier, DigitsDataModule
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "digits.yaml"
 
-pytestmark = [
-    pytest.mark.filterwarnings("ignore:.*LightningCLI's args parameter is intended:UserWarning"),
-    pytest.mark.filterwarnings("ignore:.*configure_optimizers` will be overridden:UserWarning"),
-    pytest.mark.filterwarnings("ignore:.*does not have many workers:UserWarning"),
-]
-
-
-@pytest.fixture(autouse=True)
-def restore_num_threads() -> Iterator[None]:
-    """The digits config sets ``num_threads: 1`` for the whole process; give the other tests theirs back."""
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def quick_fit_args(tmp_path: Path, *extra: str) -> list[str]:
@@ -97,6 +85,22 @@ def test_registered_names_win_over_same_named_classes_of_other_packages(tmp_path
     for args in (["--optimizer", "AdamAtan2"], ["--optimizer=AdamAtan2"]):
         cli = LightningOptCLI(quick_fit_args(tmp_path, *args))
         assert type(cli.trainer.optimizers[0]) is AdamAtan2
+
+
+def test_console_entry_reads_sys_argv_and_qualifies_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``main()`` without arguments (the console script) rewrites sys.argv, so LightningCLI sees no args/argv mix."""
+    pytest.importorskip("adam_atan2_pytorch")  # a same-named class is importable: the short name must still work
+    argv = ["lightning-opt", *quick_fit_args(tmp_path, "--optimizer", "AdamAtan2")]
+    monkeypatch.setattr(sys, "argv", argv)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        warnings.filterwarnings("ignore", ".*does not have many workers", UserWarning)
+        warnings.filterwarnings("ignore", ".*configure_optimizers` will be overridden", UserWarning)
+        assert main() == 0
+    assert "optimizer:  AdamAtan2(" in capsys.readouterr().out
+    assert "lightning_opt.AdamAtan2" in sys.argv
 
 
 def test_config_alone_trains_adalo_and_main_reports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -3,7 +3,6 @@ marked ``slow``, convergence of each optimizer with its default hyper-parameters
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,20 +22,7 @@ from recipes.digits.data import load_digits_tensors
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "digits.yaml"
 NUM_IMAGES = 1797
 
-pytestmark = [
-    pytest.mark.filterwarnings("ignore:.*does not have many workers:UserWarning"),
-    pytest.mark.filterwarnings("ignore:.*LightningCLI's args parameter is intended:UserWarning"),
-    pytest.mark.filterwarnings("ignore:.*configure_optimizers` will be overridden:UserWarning"),
-]
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """A 17k-parameter MLP runs several times faster on one thread; restore the process's setting after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
