@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -42,7 +42,8 @@ class AdaLo(BaseOptimizer):
     (the :class:`~lightning_opt.callbacks.LossFeeder` callback does this in Lightning), then the value the
     closure returns. A step taken before any loss ever reached the optimizer raises ``RuntimeError``
     rather than silently taking eps-sized steps. A non-finite loss leaves ``ell`` unchanged (with a
-    warning), so one bad batch cannot poison the step size.
+    warning), so one bad batch cannot poison the step size. The loss is read as a Python float once per
+    step (one host sync on an accelerator), and the loss average is kept in float64 in the group.
 
     Args:
         params: iterable of parameters or of dicts defining parameter groups.
@@ -82,7 +83,7 @@ class AdaLo(BaseOptimizer):
         weight_decay: float = 1e-2,
         kappa: float = 3.0,
         eps: float = 1e-8,
-        mode: str = "adversarial",
+        mode: Literal["adversarial", "compliant"] = "adversarial",
         compile: bool = False,
         skip_nonfinite: bool = False,
     ) -> None:
