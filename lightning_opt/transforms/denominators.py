@@ -27,4 +27,4 @@ def atan2_direction(numerator: torch.Tensor, second_moment: torch.Tensor, denomi
     denominator = second_moment.sqrt()
     if isinstance(denominator_scale, torch.Tensor) or denominator_scale != 1.0:
         denominator.mul_(denominator_scale)
-    return torch.atan2(numerator, denominator)
+    return torch.atan2(numerator, denominator, out=denominator)
