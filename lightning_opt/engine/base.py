@@ -60,6 +60,9 @@ class BaseOptimizer(torch.optim.Optimizer):
     update: ClassVar[UpdateFn]
     phases: ClassVar[tuple[str, ...]] = ("update",)
     """The names of the update functions (static methods) run in turn over each bucket."""
+    max_compiled_layouts: ClassVar[int] = 8
+    """Compiled graphs kept per bucket for different sets of tensors with gradients (parameters that get
+    no gradient on some steps change the set); a further set runs eagerly, with the same numbers."""
 
     def __init__(
         self, params: ParamsT, defaults: dict[str, Any], *, compile: bool = False, skip_nonfinite: bool = False
@@ -71,7 +74,8 @@ class BaseOptimizer(torch.optim.Optimizer):
         self._skip_nonfinite = skip_nonfinite
         self.nonfinite_skips = 0
         """How many times a tensor was left untouched because its gradient was not finite."""
-        self._compiled_runners: dict[tuple[int, torch.device, torch.dtype, int], Callable[..., Any]] = {}
+        self._compiled_runners: dict[tuple[int, torch.device, torch.dtype], dict[tuple[int, ...], list[Any]]] = {}
+        self._eager_fallback_warned: set[tuple[int, torch.device, torch.dtype]] = set()
         for group in self.param_groups:
             for param in group["params"]:
                 if param.is_complex():
@@ -149,7 +153,8 @@ class BaseOptimizer(torch.optim.Optimizer):
             values.extend(tensor_numbers.values())
         phases = [getattr(type(self), name) for name in self.phases]
         carried: list[dict[str, torch.Tensor]] = [{} for _ in bucket.params]
-        if not self._compile:
+        runners = self._compiled_runners_for(index, device, dtype, bucket) if self._compile else None
+        if runners is None:
             for phase in phases:
                 carried = run_bucket(
                     phase, bucket.params, bucket.grads, bucket.buffers, values, group_names, tensor_names, flags, carried
@@ -158,12 +163,30 @@ class BaseOptimizer(torch.optim.Optimizer):
         scalars = torch.tensor(values, dtype=scalar_dtype(dtype), device=device)
         params, grads = [_at_least_1d(p) for p in bucket.params], [_at_least_1d(g) for g in bucket.grads]
         buffers = [{name: _at_least_1d(b) for name, b in per_tensor.items()} for per_tensor in bucket.buffers]
-        for phase_index, phase in enumerate(phases):
-            key = (index, device, dtype, phase_index)
-            runner = self._compiled_runners.get(key)
-            if runner is None:
-                runner = self._compiled_runners[key] = new_compiled_bucket_runner()
+        for runner, phase in zip(runners, phases):
             carried = runner(phase, params, grads, buffers, scalars, group_names, tensor_names, flags, carried)
+
+    def _compiled_runners_for(
+        self, index: int, device: torch.device, dtype: torch.dtype, bucket: Bucket
+    ) -> list[Callable[..., Any]] | None:
+        """One compiled runner per phase for this exact set of tensors, or ``None`` (run eagerly) once the
+        bucket has ``max_compiled_layouts`` of them. Keying by the set, rather than recompiling one
+        function, keeps dynamo's recompile limit (a hard error under ``fullgraph=True``) out of reach."""
+        layouts = self._compiled_runners.setdefault((index, device, dtype), {})
+        signature = tuple(id(p) for p in bucket.params)
+        runners = layouts.get(signature)
+        if runners is not None:
+            return runners
+        if len(layouts) >= self.max_compiled_layouts:
+            if (index, device, dtype) not in self._eager_fallback_warned:
+                self._eager_fallback_warned.add((index, device, dtype))
+                warnings.warn(
+                    f"{type(self).__name__}: parameter group {index} ({device}, {dtype}) has had {len(layouts)} "
+                    "different sets of parameters with gradients; further sets run eagerly"
+                )
+            return None
+        runners = layouts[signature] = [new_compiled_bucket_runner() for _ in self.phases]
+        return runners
 
     # ----------------------------------------------------------------- pickling and old checkpoints
     def __getstate__(self) -> dict[str, Any]:
@@ -180,6 +203,7 @@ class BaseOptimizer(torch.optim.Optimizer):
         self._skip_nonfinite = skip_nonfinite
         self.nonfinite_skips = 0
         self._compiled_runners = {}
+        self._eager_fallback_warned = set()
         for group in self.param_groups:  # groups saved before a hyper-parameter was added get its default
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
