@@ -10,7 +10,7 @@ from typing import Any, Union
 import torch
 from torch import nn
 
-from lightning_opt.registry import REGISTRY
+from lightning_opt.registry import REGISTRY, find_spec
 
 NoDecayRule = Callable[[str, nn.Parameter, nn.Module], bool]
 """``rule(parameter_name, parameter, owning_module) -> True`` to exempt the parameter from weight decay."""
@@ -129,9 +129,9 @@ def build_optimizer(
 
 def resolve_optimizer_class(name: str) -> type[torch.optim.Optimizer]:
     """The class for a registered name (case-insensitive) or a ``torch.optim`` class name."""
-    for spec in REGISTRY.values():
-        if spec.name.lower() == str(name).lower():
-            return spec.cls
+    spec = find_spec(name)
+    if spec is not None:
+        return spec.cls
     candidate = getattr(torch.optim, str(name), None)
     if inspect.isclass(candidate) and issubclass(candidate, torch.optim.Optimizer) and candidate is not torch.optim.Optimizer:
         return candidate

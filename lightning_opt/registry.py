@@ -131,9 +131,15 @@ REGISTRY: dict[str, OptimizerSpec] = {
 }
 
 
+def find_spec(name: str) -> OptimizerSpec | None:
+    """Return the registry entry for ``name`` (case-insensitive), or ``None``."""
+    wanted = str(name).lower()
+    return next((spec for spec in REGISTRY.values() if spec.name.lower() == wanted), None)
+
+
 def get_spec(name: str) -> OptimizerSpec:
     """Return the registry entry for ``name`` (case-insensitive), or raise ``ValueError`` listing the names."""
-    for spec in REGISTRY.values():
-        if spec.name.lower() == str(name).lower():
-            return spec
-    raise ValueError(f"Invalid optimizer: {name!r} (expected one of {', '.join(REGISTRY)})")
+    spec = find_spec(name)
+    if spec is None:
+        raise ValueError(f"Invalid optimizer: {name!r} (expected one of {', '.join(REGISTRY)})")
+    return spec

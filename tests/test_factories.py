@@ -214,3 +214,11 @@ def test_scheduler_on_a_registered_optimizer():
 def test_bad_scheduler_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         build_optimizer(Net(), "AdamW", lr=0.1, **kwargs)
+
+
+def test_get_spec_is_case_insensitive_and_names_a_bad_name():
+    from lightning_opt import get_spec
+
+    assert get_spec("adamatan2") is REGISTRY["AdamAtan2"]
+    with pytest.raises(ValueError, match=r"^Invalid optimizer: 'Adamm' \(expected one of AdaLo, NSGDA, AdamAtan2\)$"):
+        get_spec("Adamm")

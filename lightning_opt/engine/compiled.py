@@ -2,8 +2,9 @@
 
 Both paths call the same per-tensor update function, one phase at a time. The compiled path receives every hyper-parameter
 as an element of one 1-D tensor, so a scheduler that changes ``lr`` at every step changes data, not the
-graph, and never triggers a recompile. Each bucket gets its own code object, so dynamo's per-function
-cache limit applies per bucket rather than across all buckets and optimizers of a process.
+graph, and never triggers a recompile. Each compiled runner gets its own code object (the engine makes
+one per bucket, phase and set of tensors), so no runner ever needs a second graph and dynamo's
+per-function recompile limit, a hard error under ``fullgraph=True``, is never reached.
 """
 
 from __future__ import annotations
