@@ -1,0 +1,1 @@
+"""Gradient tails: statistics, the TensorBoard tags they are logged under, and reports read back from logs."""
