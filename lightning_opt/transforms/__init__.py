@@ -8,6 +8,14 @@ Optimizers in :mod:`lightning_opt.optim` are short compositions of these pieces.
 from lightning_opt.transforms.arith import Scalar, add_scaled, add_scaled_
 from lightning_opt.transforms.cautious import cautious_mask_
 from lightning_opt.transforms.denominators import atan2_direction
+from lightning_opt.transforms.gradient import (
+    adaptive_clip,
+    adaptive_clip_,
+    centralize,
+    centralize_,
+    soft_clip,
+    soft_clip_,
+)
 from lightning_opt.transforms.moments import ema_, ema_sq_
 from lightning_opt.transforms.weight_decay import (
     cautious_weight_decay_,
@@ -17,13 +25,19 @@ from lightning_opt.transforms.weight_decay import (
 
 __all__ = [
     "Scalar",
+    "adaptive_clip",
+    "adaptive_clip_",
     "add_scaled",
     "add_scaled_",
     "atan2_direction",
     "cautious_mask_",
     "cautious_weight_decay_",
+    "centralize",
+    "centralize_",
     "decoupled_weight_decay_",
     "ema_",
     "ema_sq_",
     "l2_regularised",
+    "soft_clip",
+    "soft_clip_",
 ]

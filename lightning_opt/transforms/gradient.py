@@ -1,0 +1,253 @@
+"""Gradient transforms that tame long tails: soft clipping, gradient centralisation, adaptive clipping.
+
+Each transform is written once, as a function of one gradient and its parameter, in two forms: a pure
+function that returns a new tensor (``soft_clip``...) and an in-place one that rewrites the gradient
+(``soft_clip_``...). The same functions serve three ways of using them:
+
+- as plain functions, on any tensors;
+- as Lightning callbacks on ``p.grad`` (:mod:`lightning_opt.callbacks.gradient_hooks`), with any optimizer;
+- inside this package's optimizers, through their ``grad_transforms`` argument (the update then reads
+  the transformed gradient without changing ``p.grad``, and under ``compile=True`` the transform is fused
+  into the update kernel).
+
+A *unit* is an output unit: for a tensor of two or more dimensions, one slice along the first dimension
+(a row of a ``Linear`` weight, an output channel of a convolution); a 0-d or 1-D tensor (a bias, a gain)
+is one unit. Norms are accumulated in at least float32, so bfloat16 and float16 gradients work.
+
+Non-finite gradients stay non-finite: a unit holding an inf or NaN still holds a NaN or inf afterwards
+(its finite entries may come out as NaN or as 0), so that a GradScaler or ``skip_nonfinite=True`` still
+sees the overflow and skips the step. Other units are unaffected.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Union
+
+import torch
+
+from lightning_opt.transforms.arith import Scalar
+
+SOFT_CLIP_EPS = 1e-12
+"""The seed's floor on both root-mean-squares of :func:`soft_clip`."""
+AGC_CLIPPING = 1e-2
+"""Default largest ratio of a unit's gradient norm to its parameter norm in :func:`adaptive_clip`
+(NFNets' value for batch 4096; the paper finds smaller batches tolerate larger values)."""
+AGC_EPS = 1e-3
+"""NFNets' floor on a unit's parameter norm, so that zero-initialised units can still move."""
+AGC_GRAD_EPS = 1e-6
+"""Floor on a unit's gradient norm in :func:`adaptive_clip`, to avoid dividing by zero."""
+
+
+def unit_dims(tensor: torch.Tensor) -> tuple[int, ...] | None:
+    """The dimensions reduced to get one value per output unit: all but the first, or all (``None``).
+
+    >>> unit_dims(torch.zeros(4, 3, 2, 2)), unit_dims(torch.zeros(4)), unit_dims(torch.zeros(()))
+    ((1, 2, 3), None, None)
+    """
+    return tuple(range(1, tensor.dim())) if tensor.dim() > 1 else None
+
+
+def unit_norm(tensor: torch.Tensor) -> torch.Tensor:
+    """The Euclidean norm of each output unit (kept dimensions, so it broadcasts against ``tensor``).
+
+    Accumulated in at least float32. A 0-d or 1-D tensor has one unit.
+
+    >>> unit_norm(torch.tensor([[3.0, 4.0], [0.0, 1.0]]))
+    tensor([[5.],
+            [1.]])
+    """
+    return torch.linalg.vector_norm(tensor, dim=unit_dims(tensor), keepdim=True, dtype=_accumulation_dtype(tensor))
+
+
+def unit_rms(tensor: torch.Tensor) -> torch.Tensor:
+    """The root-mean-square of each output unit (kept dimensions); 0 for an empty tensor.
+
+    >>> unit_rms(torch.tensor([[3.0, 4.0], [0.0, 0.0]]))
+    tensor([[3.5355],
+            [0.0000]])
+    """
+    per_unit = math.prod(tensor.shape[1:]) if tensor.dim() > 1 else tensor.numel()
+    return unit_norm(tensor) / math.sqrt(max(per_unit, 1))
+
+
+# ------------------------------------------------------------------------------------------ soft clip
+def soft_clip_scale(grad: torch.Tensor, param: torch.Tensor, eps: Scalar = SOFT_CLIP_EPS) -> torch.Tensor:
+    """The per-unit factor of :func:`soft_clip`: ``min(rms(g), rms(p)) / rms(g)``, both floored at ``eps``."""
+    grad_rms = unit_rms(grad).clamp_min(eps)
+    param_rms = unit_rms(param).clamp_min(eps)
+    return torch.minimum(grad_rms, param_rms) / grad_rms
+
+
+def soft_clip(grad: torch.Tensor, param: torch.Tensor, eps: Scalar = SOFT_CLIP_EPS) -> torch.Tensor:
+    """Scale each unit's gradient down so that its RMS is at most the RMS of the same unit's parameter.
+
+    The seed author's soft clip: a unit whose gradient is small against its weights is left alone; a
+    unit whose gradient would move it by more than its own typical size is scaled down, direction kept.
+
+    Args:
+        grad: the gradient.
+        param: the parameter, same shape.
+        eps: floor on both root-mean-squares (the seed's ``1e-12``). A unit whose parameter is all zeros
+            (a zero-initialised bias) gets its gradient scaled to RMS ``eps``: scale-invariant
+            optimizers (Adam-like, ``AdamAtan2``, ``NSGDA``) still move it, plain SGD barely does;
+            raise ``eps`` (AGC uses ``1e-3`` on norms) or exclude such parameters if that matters.
+
+    Returns:
+        A new tensor; ``grad`` is unchanged (see :func:`soft_clip_` for the in-place form).
+
+    Example:
+        >>> grad = torch.tensor([[3.0, 4.0], [0.1, 0.1]])
+        >>> param = torch.tensor([[1.0, 1.0], [1.0, -1.0]])
+        >>> soft_clip(grad, param)  # row 0: rms 3.54 > 1, scaled to rms 1; row 1 kept
+        tensor([[0.8485, 1.1314],
+                [0.1000, 0.1000]])
+
+    References:
+        The seed blog post, section 5.5 (``_soft_clip``).
+    """
+    return grad * soft_clip_scale(grad, param, eps).to(grad.dtype)
+
+
+def soft_clip_(grad: torch.Tensor, param: torch.Tensor, eps: Scalar = SOFT_CLIP_EPS) -> torch.Tensor:
+    """In-place :func:`soft_clip`; returns ``grad``."""
+    return grad.mul_(soft_clip_scale(grad, param, eps).to(grad.dtype))
+
+
+# --------------------------------------------------------------------------- gradient centralisation
+def centralize(grad: torch.Tensor) -> torch.Tensor:
+    """Subtract from each output unit of a weight's gradient its mean (gradient centralisation).
+
+    Tensors of dimension 0 or 1 (biases, gains) are returned unchanged (as a copy), as in the paper.
+
+    Args:
+        grad: the gradient.
+
+    Returns:
+        A new tensor; see :func:`centralize_` for the in-place form.
+
+    Example:
+        >>> centralize(torch.tensor([[1.0, 3.0], [2.0, 2.0]]))
+        tensor([[-1.,  1.],
+                [ 0.,  0.]])
+
+    References:
+        Yong et al., "Gradient Centralization: A New Optimization Technique for Deep Neural Networks",
+        ECCV 2020, arXiv:2004.01461.
+    """
+    if grad.dim() <= 1:
+        return grad.clone()
+    return grad - _unit_mean(grad)
+
+
+def centralize_(grad: torch.Tensor) -> torch.Tensor:
+    """In-place :func:`centralize`; returns ``grad``."""
+    if grad.dim() > 1:
+        grad.sub_(_unit_mean(grad))
+    return grad
+
+
+def _unit_mean(grad: torch.Tensor) -> torch.Tensor:
+    return grad.mean(dim=unit_dims(grad), keepdim=True, dtype=_accumulation_dtype(grad)).to(grad.dtype)
+
+
+# ------------------------------------------------------------------------- adaptive gradient clipping
+def adaptive_clip_scale(
+    grad: torch.Tensor, param: torch.Tensor, clipping: Scalar = AGC_CLIPPING, eps: Scalar = AGC_EPS
+) -> torch.Tensor:
+    """The per-unit factor of :func:`adaptive_clip`: 1, or ``clipping * max(|p|, eps) / |g|`` if smaller."""
+    max_norm = unit_norm(param).clamp_min(eps) * clipping
+    grad_norm = unit_norm(grad).clamp_min(AGC_GRAD_EPS)
+    return torch.where(grad_norm > max_norm, max_norm / grad_norm, torch.ones_like(grad_norm))
+
+
+def adaptive_clip(
+    grad: torch.Tensor, param: torch.Tensor, clipping: Scalar = AGC_CLIPPING, eps: Scalar = AGC_EPS
+) -> torch.Tensor:
+    """Unit-wise adaptive gradient clipping (AGC): cap each unit's ``|g| / max(|p|, eps)`` at ``clipping``.
+
+    Args:
+        grad: the gradient.
+        param: the parameter, same shape.
+        clipping: the largest allowed ratio of a unit's gradient norm to its parameter norm
+            (NFNets: 0.01 at batch size 4096, larger for smaller batches).
+        eps: floor on the parameter norm, so that zero-initialised units can still move.
+
+    Returns:
+        A new tensor; see :func:`adaptive_clip_` for the in-place form.
+
+    Example:
+        >>> grad = torch.tensor([[3.0, 4.0], [0.001, 0.0]])
+        >>> param = torch.tensor([[6.0, 8.0], [1.0, 0.0]])
+        >>> adaptive_clip(grad, param, clipping=0.1)  # row 0: |g|/|p| = 0.5 > 0.1, scaled to 0.1 |p| = 1
+        tensor([[0.6000, 0.8000],
+                [0.0010, 0.0000]])
+
+    References:
+        Brock et al., "High-Performance Large-Scale Image Recognition Without Normalization", ICML 2021,
+        arXiv:2102.06171, section 4.1.
+    """
+    return grad * adaptive_clip_scale(grad, param, clipping, eps).to(grad.dtype)
+
+
+def adaptive_clip_(
+    grad: torch.Tensor, param: torch.Tensor, clipping: Scalar = AGC_CLIPPING, eps: Scalar = AGC_EPS
+) -> torch.Tensor:
+    """In-place :func:`adaptive_clip`; returns ``grad``."""
+    return grad.mul_(adaptive_clip_scale(grad, param, clipping, eps).to(grad.dtype))
+
+
+def _accumulation_dtype(tensor: torch.Tensor) -> torch.dtype:
+    return torch.promote_types(tensor.dtype, torch.float32)
+
+
+# ------------------------------------------------------------------------ transforms inside optimizers
+GradientTransform = Callable[[torch.Tensor, torch.Tensor, Mapping[str, Scalar]], torch.Tensor]
+
+GRADIENT_TRANSFORMS: dict[str, GradientTransform] = {
+    "centralize": lambda grad, param, hp: centralize(grad),
+    "adaptive_clip": lambda grad, param, hp: adaptive_clip(grad, param, hp["agc_clipping"]),
+    "soft_clip": lambda grad, param, hp: soft_clip(grad, param),
+}
+"""The transforms an optimizer's ``grad_transforms`` may name, applied in the order named. Each reads
+its hyper-parameters (``agc_clipping``) from the optimizer's parameter group."""
+
+GradTransformsArg = Union[Sequence[str], str, None]
+
+
+def check_grad_transforms(grad_transforms: GradTransformsArg) -> tuple[str, ...]:
+    """Validate an optimizer's ``grad_transforms`` and return it as a tuple (checkpoint-safe).
+
+    >>> check_grad_transforms(["centralize", "soft_clip"])
+    ('centralize', 'soft_clip')
+    >>> check_grad_transforms("soft_clip")
+    ('soft_clip',)
+    >>> check_grad_transforms(["clip"])
+    Traceback (most recent call last):
+    ...
+    ValueError: Invalid grad_transforms: ['clip'] (unknown 'clip'; expected names from centralize, adaptive_clip, soft_clip)
+    """
+    if grad_transforms is None:
+        return ()
+    names = (grad_transforms,) if isinstance(grad_transforms, str) else grad_transforms
+    if not isinstance(names, (list, tuple)):
+        raise ValueError(f"Invalid grad_transforms: {grad_transforms!r} (expected a list of transform names)")
+    for name in names:
+        if name not in GRADIENT_TRANSFORMS:
+            raise ValueError(
+                f"Invalid grad_transforms: {grad_transforms!r} (unknown {name!r}; expected names from "
+                f"{', '.join(GRADIENT_TRANSFORMS)})"
+            )
+    if len(set(names)) != len(names):
+        raise ValueError(f"Invalid grad_transforms: {grad_transforms!r} (a transform is named twice)")
+    return tuple(names)
+
+
+def apply_gradient_transforms(
+    grad: torch.Tensor, param: torch.Tensor, names: Sequence[str], hyperparameters: Mapping[str, Scalar]
+) -> torch.Tensor:
+    """Apply the named transforms in order, out of place (``grad`` itself is never changed)."""
+    for name in names:
+        grad = GRADIENT_TRANSFORMS[name](grad, param, hyperparameters)
+    return grad
