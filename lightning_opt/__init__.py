@@ -5,7 +5,7 @@ Importing this package makes every optimizer resolvable by its short name in ``L
 defined in public modules.
 """
 
-from lightning_opt.callbacks import LossFeeder
+from lightning_opt.callbacks import AdaptiveGradientClipping, GradientCentralization, LossFeeder, SoftClip
 from lightning_opt.factories import build_optimizer, param_groups_for_weight_decay
 from lightning_opt.optim import NSGDA, AdaLo, AdamAtan2
 from lightning_opt.registry import REGISTRY, OptimizerSpec, get_spec
@@ -17,9 +17,12 @@ __all__ = [
     "REGISTRY",
     "AdaLo",
     "AdamAtan2",
+    "AdaptiveGradientClipping",
+    "GradientCentralization",
     "LossFeeder",
     "OptimizerSpec",
     "build_optimizer",
     "get_spec",
+    "SoftClip",
     "param_groups_for_weight_decay",
 ]

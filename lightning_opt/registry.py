@@ -50,6 +50,9 @@ _COMMON_INVALID: tuple[tuple[dict[str, Any], str], ...] = (
     ({"lr": float("nan")}, "lr"),
     ({"weight_decay": -0.1}, "weight_decay"),
     ({"compile": "yes"}, "compile"),
+    ({"grad_transforms": ("clip",)}, "grad_transforms"),
+    ({"grad_transforms": ("soft_clip", "soft_clip")}, "grad_transforms"),
+    ({"agc_clipping": 0.0}, "agc_clipping"),
 )
 
 REGISTRY: dict[str, OptimizerSpec] = {
@@ -63,6 +66,7 @@ REGISTRY: dict[str, OptimizerSpec] = {
                 {},
                 {"mode": "compliant", "kappa": 2.0, "betas": (0.8, 0.9), "weight_decay": 0.1},
                 {"weight_decay": 0.0, "eps": 1e-3},
+                {"grad_transforms": ("centralize", "soft_clip")},
             ),
             invalid_kwargs=_COMMON_INVALID
             + (
@@ -87,6 +91,7 @@ REGISTRY: dict[str, OptimizerSpec] = {
                 {"lr": 1e-2},
                 {"lr": 3e-2, "momentum": 0.0, "weight_decay": 0.0, "eps": 1e-3},
                 {"lr": 1e-2, "eps": 0.5},  # an eps large enough that the bias correction inside it matters
+                {"lr": 1e-2, "grad_transforms": ("adaptive_clip", "centralize"), "agc_clipping": 0.05},
             ),
             invalid_kwargs=_COMMON_INVALID
             + (
@@ -111,6 +116,7 @@ REGISTRY: dict[str, OptimizerSpec] = {
                 {"nesterov": True, "a": 2.0, "b": 0.5},
                 {"nesterov": True, "cautious": True, "cautious_weight_decay": True, "weight_decay": 0.1, "lr": 1e-2},
                 {"nesterov": True, "cautious": True, "cautious_weight_decay": True, "betas": (0.0, 0.9)},
+                {"grad_transforms": ("soft_clip", "adaptive_clip", "centralize"), "agc_clipping": 0.02, "lr": 1e-2},
             ),
             invalid_kwargs=_COMMON_INVALID
             + (

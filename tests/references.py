@@ -31,8 +31,82 @@ import torch
 F64 = torch.float64
 
 
+# ---------------------------------------------------------------------------------- gradient transforms
+def unit_rows(x: torch.Tensor) -> torch.Tensor:
+    """The tensor as a matrix with one row per output unit (a 0-d or 1-D tensor is one unit)."""
+    if x.dim() <= 1:
+        return x.reshape(1, -1)
+    return x.reshape(x.shape[0], math.prod(x.shape[1:]))
+
+
+def centralize_reference(g: torch.Tensor, mutation: str | None = None) -> torch.Tensor:
+    """Gradient centralisation (2004.01461): rows minus their mean, for tensors of dimension > 1."""
+    if g.dim() <= 1 and mutation != "gc_on_vectors":
+        return g
+    rows = unit_rows(g)
+    if mutation == "gc_global_mean":
+        return g - g.mean()
+    return (rows - rows.mean(dim=1, keepdim=True)).reshape(g.shape)
+
+
+def soft_clip_reference(g: torch.Tensor, p: torch.Tensor, eps: float = 1e-12, mutation: str | None = None) -> torch.Tensor:
+    """The seed's soft clip: each row's gradient RMS clamped to the row's parameter RMS."""
+    rows, prow = unit_rows(g), unit_rows(p)
+    if mutation == "soft_clip_tensor_rms":
+        rows, prow = g.reshape(1, -1), p.reshape(1, -1)
+    count = max(rows.shape[1], 1)
+    g_rms = ((rows**2).sum(dim=1, keepdim=True) / count).sqrt().clamp_min(eps)
+    p_rms = ((prow**2).sum(dim=1, keepdim=True) / count).sqrt().clamp_min(eps)
+    target = torch.where(g_rms > p_rms, p_rms, g_rms)
+    return (rows * target / g_rms).reshape(g.shape)
+
+
+def adaptive_clip_reference(
+    g: torch.Tensor, p: torch.Tensor, clipping: float, eps: float = 1e-3, mutation: str | None = None
+) -> torch.Tensor:
+    """AGC (2102.06171, section 4.1): if ||g_i|| / max(||p_i||, eps) > clipping, rescale row i to the bound."""
+    rows, prow = unit_rows(g), unit_rows(p)
+    g_norm = rows.norm(dim=1, keepdim=True)
+    p_norm = prow.norm(dim=1, keepdim=True)
+    if mutation == "agc_tensor_norm":
+        g_norm, p_norm = g_norm.norm().expand_as(g_norm), p_norm.norm().expand_as(p_norm)
+    bound = clipping * p_norm.clamp_min(eps)
+    scale = torch.where(g_norm > bound, bound / g_norm.clamp_min(1e-6), torch.ones_like(g_norm))
+    return (rows * scale).reshape(g.shape)
+
+
+def transform_gradient_reference(g: torch.Tensor, p: torch.Tensor, group: dict[str, Any], mutation: str | None):
+    names = list(group["grad_transforms"])
+    if mutation == "transforms_reversed":
+        names.reverse()
+    for name in names:
+        if name == "centralize":
+            g = centralize_reference(g, mutation)
+        elif name == "soft_clip":
+            g = soft_clip_reference(g, p, mutation=mutation)
+        elif name == "adaptive_clip":
+            g = adaptive_clip_reference(g, p, group["agc_clipping"], mutation=mutation)
+        else:
+            raise ValueError(name)
+    return g
+
+
+GRADIENT_TRANSFORM_DEFAULTS: dict[str, Any] = {"grad_transforms": (), "agc_clipping": 0.01}
+GRADIENT_TRANSFORM_MUTATIONS = (
+    "transforms_reversed",  # grad_transforms applied in the reverse order
+    "gc_on_vectors",  # centralisation of biases too
+    "gc_global_mean",  # one mean over the whole tensor instead of one per output unit
+    "soft_clip_tensor_rms",  # soft clip with whole-tensor instead of unit-wise RMS
+    "agc_tensor_norm",  # AGC with whole-tensor instead of unit-wise norms
+)
+
+
 class Reference:
-    """A float64, one-tensor-at-a-time optimizer with the ``torch.optim`` group semantics."""
+    """A float64, one-tensor-at-a-time optimizer with the ``torch.optim`` group semantics.
+
+    Every reference also takes the package-wide ``grad_transforms`` / ``agc_clipping`` and applies the
+    named transforms (written out above) to each gradient before its update.
+    """
 
     name: ClassVar[str]
     defaults: ClassVar[dict[str, Any]]
@@ -40,25 +114,31 @@ class Reference:
     loss_driven: ClassVar[bool] = False
 
     def __init__(self, param_groups: Sequence[Any], *, mutation: str | None = None, **hyperparameters: Any) -> None:
-        unknown = set(hyperparameters) - set(self.defaults)
+        defaults = self.all_defaults()
+        unknown = set(hyperparameters) - set(defaults)
         if unknown:
             raise TypeError(f"{self.name} reference has no hyper-parameter(s) {sorted(unknown)}")
-        if mutation is not None and mutation not in self.mutations:
+        if mutation is not None and mutation not in self.mutations + GRADIENT_TRANSFORM_MUTATIONS:
             raise ValueError(f"unknown mutation {mutation!r} for {self.name}")
         self.mutation = mutation
-        base = {**self.defaults, **hyperparameters}
+        base = {**defaults, **hyperparameters}
         groups = list(param_groups)
         if groups and not isinstance(groups[0], dict):
             groups = [{"params": groups}]
         self.groups: list[dict[str, Any]] = []
         for group in groups:
-            unknown = set(group) - set(self.defaults) - {"params"}
+            unknown = set(group) - set(defaults) - {"params"}
             if unknown:
                 raise TypeError(f"{self.name} reference has no hyper-parameter(s) {sorted(unknown)}")
             params = [torch.as_tensor(p).detach().to(F64).clone() for p in group["params"]]
             self.groups.append({**base, **{k: v for k, v in group.items() if k != "params"}, "params": params})
         self.state: dict[tuple[int, int], dict[str, Any]] = {}
         self.group_state: list[dict[str, Any]] = [self.init_group_state(g) for g in self.groups]
+
+    @classmethod
+    def all_defaults(cls) -> dict[str, Any]:
+        """The optimizer's own defaults and the package-wide gradient-transform ones."""
+        return {**cls.defaults, **GRADIENT_TRANSFORM_DEFAULTS}
 
     @property
     def params(self) -> list[list[torch.Tensor]]:
@@ -96,7 +176,8 @@ class Reference:
                 if state is None:
                     state = self.state[(gi, pi)] = {"step": 0, **self.init_state(p)}
                 state["step"] += 1
-                group["params"][pi] = self.update(p, grad.detach().to(F64), state, group, self.group_state[gi])
+                g = transform_gradient_reference(grad.detach().to(F64), p, group, self.mutation)
+                group["params"][pi] = self.update(p, g, state, group, self.group_state[gi])
 
 
 # ---------------------------------------------------------------------------------------------- AdamAtan2

@@ -1,5 +1,20 @@
 """Lightning callbacks that feed optimizers and act on gradients."""
 
-from lightning_opt.callbacks.loss_feeder import LossFeeder, LossDriven
+from lightning_opt.callbacks.gradient_hooks import (
+    AdaptiveGradientClipping,
+    GradientCentralization,
+    GradientTransformCallback,
+    SoftClip,
+)
+from lightning_opt.callbacks.loss_feeder import LossDriven, LossFeeder
+from lightning_opt.callbacks.parameter_filter import ParameterFilter
 
-__all__ = ["LossDriven", "LossFeeder"]
+__all__ = [
+    "AdaptiveGradientClipping",
+    "GradientCentralization",
+    "GradientTransformCallback",
+    "LossDriven",
+    "LossFeeder",
+    "ParameterFilter",
+    "SoftClip",
+]

@@ -18,7 +18,8 @@ import torch
 from lightning_opt.engine.buckets import Bucket, collect_buckets, reject_sparse_grads
 from lightning_opt.engine.compiled import new_compiled_bucket_runner, run_bucket, scalar_dtype
 from lightning_opt.transforms.arith import Scalar
-from lightning_opt.validation import check_bool
+from lightning_opt.transforms.gradient import AGC_CLIPPING, GradTransformsArg, check_grad_transforms
+from lightning_opt.validation import check_bool, check_float
 
 Hyperparameters = Mapping[str, Scalar]
 """Numbers an update reads: Python floats on the eager path, 0-d tensors on the compiled path."""
@@ -54,6 +55,11 @@ class BaseOptimizer(torch.optim.Optimizer):
             its gradient holds an inf or NaN, instead of letting it corrupt the parameter and its state.
             Costs one extra read of the gradients and one host sync per device per step. Off by default,
             as in torch.optim; Lightning's GradScaler path already skips such steps as a whole.
+        grad_transforms: names from :data:`~lightning_opt.transforms.gradient.GRADIENT_TRANSFORMS`
+            (``"centralize"``, ``"adaptive_clip"``, ``"soft_clip"``) applied in that order to each
+            gradient before the update, without changing ``p.grad``; stored per group, so a group may
+            override it. Fused into the update under ``compile=True``.
+        agc_clipping: the ``clipping`` of ``"adaptive_clip"``.
     """
 
     buffer_names: ClassVar[tuple[str, ...]] = ()
@@ -65,16 +71,28 @@ class BaseOptimizer(torch.optim.Optimizer):
     no gradient on some steps change the set); a further set runs eagerly, with the same numbers."""
 
     def __init__(
-        self, params: ParamsT, defaults: dict[str, Any], *, compile: bool = False, skip_nonfinite: bool = False
+        self,
+        params: ParamsT,
+        defaults: dict[str, Any],
+        *,
+        compile: bool = False,
+        skip_nonfinite: bool = False,
+        grad_transforms: GradTransformsArg = (),
+        agc_clipping: float = AGC_CLIPPING,
     ) -> None:
         check_bool("compile", compile)
         check_bool("skip_nonfinite", skip_nonfinite)
+        defaults = {
+            **defaults,
+            "grad_transforms": check_grad_transforms(grad_transforms),
+            "agc_clipping": check_float("agc_clipping", agc_clipping, low=0.0, low_inclusive=False),
+        }
         super().__init__(params, defaults)
         self._compile = compile
         self._skip_nonfinite = skip_nonfinite
         self.nonfinite_skips = 0
         """How many times a tensor was left untouched because its gradient was not finite."""
-        self._compiled_runners: dict[tuple[int, torch.device, torch.dtype], dict[tuple[int, ...], list[Any]]] = {}
+        self._compiled_runners: dict[tuple[int, torch.device, torch.dtype], dict[tuple[Any, ...], list[Any]]] = {}
         self._eager_fallback_warned: set[tuple[int, torch.device, torch.dtype]] = set()
         for group in self.param_groups:
             for param in group["params"]:
@@ -119,13 +137,16 @@ class BaseOptimizer(torch.optim.Optimizer):
         self.begin_step(loss)
         for index, group in enumerate(self.param_groups):
             numbers, flags = self.group_hyperparameters(group)
+            transforms = check_grad_transforms(group["grad_transforms"])
+            if transforms:
+                numbers = {**numbers, "agc_clipping": group["agc_clipping"]}
             buckets, skipped = collect_buckets(
                 group["params"], self.state.__getitem__, self.init_state, self.buffer_names, self._skip_nonfinite
             )
             if skipped:
                 self._report_nonfinite(skipped)
             for (device, dtype), bucket in buckets.items():
-                self._step_bucket(index, device, dtype, bucket, group, numbers, flags)
+                self._step_bucket(index, device, dtype, bucket, group, numbers, flags, transforms)
         return loss
 
     def _report_nonfinite(self, skipped: int) -> None:
@@ -144,6 +165,7 @@ class BaseOptimizer(torch.optim.Optimizer):
         group: dict[str, Any],
         numbers: dict[str, float],
         flags: dict[str, Any],
+        transforms: tuple[str, ...],
     ) -> None:
         group_names = tuple(numbers)
         per_tensor = [self.tensor_hyperparameters(group, step) for step in bucket.steps]
@@ -152,28 +174,31 @@ class BaseOptimizer(torch.optim.Optimizer):
         for tensor_numbers in per_tensor:
             values.extend(tensor_numbers.values())
         phases = [getattr(type(self), name) for name in self.phases]
+        # The gradient transforms run inside the first phase, the only one that reads the gradient.
+        phase_transforms = [transforms] + [()] * (len(phases) - 1)
         carried: list[dict[str, torch.Tensor]] = [{} for _ in bucket.params]
-        runners = self._compiled_runners_for(index, device, dtype, bucket) if self._compile else None
+        runners = self._compiled_runners_for(index, device, dtype, bucket, transforms) if self._compile else None
         if runners is None:
-            for phase in phases:
+            for phase, names in zip(phases, phase_transforms):
                 carried = run_bucket(
-                    phase, bucket.params, bucket.grads, bucket.buffers, values, group_names, tensor_names, flags, carried
+                    phase, bucket.params, bucket.grads, bucket.buffers, values, group_names, tensor_names, flags,
+                    carried, names,
                 )
             return
         scalars = torch.tensor(values, dtype=scalar_dtype(dtype), device=device)
         params, grads = [_at_least_1d(p) for p in bucket.params], [_at_least_1d(g) for g in bucket.grads]
         buffers = [{name: _at_least_1d(b) for name, b in per_tensor.items()} for per_tensor in bucket.buffers]
-        for runner, phase in zip(runners, phases):
-            carried = runner(phase, params, grads, buffers, scalars, group_names, tensor_names, flags, carried)
+        for runner, phase, names in zip(runners, phases, phase_transforms):
+            carried = runner(phase, params, grads, buffers, scalars, group_names, tensor_names, flags, carried, names)
 
     def _compiled_runners_for(
-        self, index: int, device: torch.device, dtype: torch.dtype, bucket: Bucket
+        self, index: int, device: torch.device, dtype: torch.dtype, bucket: Bucket, transforms: tuple[str, ...]
     ) -> list[Callable[..., Any]] | None:
         """One compiled runner per phase for this exact set of tensors, or ``None`` (run eagerly) once the
         bucket has ``max_compiled_layouts`` of them. Keying by the set, rather than recompiling one
         function, keeps dynamo's recompile limit (a hard error under ``fullgraph=True``) out of reach."""
         layouts = self._compiled_runners.setdefault((index, device, dtype), {})
-        signature = tuple(id(p) for p in bucket.params)
+        signature = (transforms, *(id(p) for p in bucket.params))
         runners = layouts.get(signature)
         if runners is not None:
             return runners

@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from lightning_opt.transforms.gradient import apply_gradient_transforms
+
 _bucket_ids = count()
 
 
@@ -29,6 +31,7 @@ def run_bucket(
     tensor_names: Sequence[str],
     flags: Mapping[str, Any],
     carried: Sequence[Mapping[str, torch.Tensor]],
+    grad_transforms: Sequence[str] = (),
 ) -> list[dict[str, torch.Tensor]]:
     """Apply one phase of an update to every tensor of a bucket; return what it returned per tensor.
 
@@ -36,7 +39,8 @@ def run_bucket(
     (``tensor_names``, e.g. bias corrections that depend on that tensor's step). It is a list of floats
     on the eager path and a 1-D tensor on the compiled path; the indexing below serves both.
     ``carried[i]`` holds what the previous phase returned for tensor ``i`` (a norm, say); it is added
-    to that tensor's hyper-parameters.
+    to that tensor's hyper-parameters. ``grad_transforms`` names gradient transforms applied, out of
+    place, to each gradient before ``update`` reads it.
     """
     n_group, n_tensor = len(group_names), len(tensor_names)
     shared = {name: scalars[i] for i, name in enumerate(group_names)}
@@ -47,7 +51,8 @@ def run_bucket(
         for j, name in enumerate(tensor_names):
             hyperparameters[name] = scalars[offset + j]
         hyperparameters.update(carried[i])
-        results.append(update(params[i], grads[i], buffers[i], hyperparameters, flags) or {})
+        grad = apply_gradient_transforms(grads[i], params[i], grad_transforms, hyperparameters)
+        results.append(update(params[i], grad, buffers[i], hyperparameters, flags) or {})
     return results
 
 

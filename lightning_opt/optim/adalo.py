@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
@@ -11,6 +12,7 @@ import torch
 from lightning_opt.engine import BaseOptimizer, Flags, Hyperparameters
 from lightning_opt.engine.base import ParamsT
 from lightning_opt.transforms import add_scaled_, decoupled_weight_decay_, ema_
+from lightning_opt.transforms.gradient import AGC_CLIPPING
 from lightning_opt.validation import check_betas, check_choice, check_float
 
 MODES = ("adversarial", "compliant")
@@ -56,6 +58,10 @@ class AdaLo(BaseOptimizer):
         mode: ``"adversarial"`` (default) or ``"compliant"``, see above.
         compile: fuse each bucket's update with ``torch.compile`` (same numbers, faster steps).
         skip_nonfinite: leave a tensor untouched (with a warning) when its gradient has inf or NaN.
+        grad_transforms: gradient transforms applied in order before the update, without changing
+            ``p.grad``: ``"centralize"`` (arXiv:2004.01461), ``"adaptive_clip"`` (arXiv:2102.06171),
+            ``"soft_clip"`` (the seed's per-unit RMS clip); see :mod:`lightning_opt.transforms.gradient`.
+        agc_clipping: the largest unit-wise gradient-to-parameter norm ratio of ``"adaptive_clip"``.
 
     Example:
         >>> model = torch.nn.Linear(4, 2)
@@ -86,6 +92,8 @@ class AdaLo(BaseOptimizer):
         mode: Literal["adversarial", "compliant"] = "adversarial",
         compile: bool = False,
         skip_nonfinite: bool = False,
+        grad_transforms: Sequence[str] = (),
+        agc_clipping: float = AGC_CLIPPING,
     ) -> None:
         defaults = dict(
             lr=check_float("lr", lr, low=0.0),
@@ -95,7 +103,14 @@ class AdaLo(BaseOptimizer):
             eps=check_float("eps", eps, low=0.0),
             mode=check_choice("mode", mode, MODES),
         )
-        super().__init__(params, defaults, compile=compile, skip_nonfinite=skip_nonfinite)
+        super().__init__(
+            params,
+            defaults,
+            compile=compile,
+            skip_nonfinite=skip_nonfinite,
+            grad_transforms=grad_transforms,
+            agc_clipping=agc_clipping,
+        )
         self._reset_pending()
 
     def _reset_pending(self) -> None:

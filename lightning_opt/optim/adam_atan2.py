@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -19,6 +20,7 @@ from lightning_opt.transforms import (
     ema_,
     ema_sq_,
 )
+from lightning_opt.transforms.gradient import AGC_CLIPPING
 from lightning_opt.validation import check_betas, check_bool, check_float
 
 
@@ -49,6 +51,10 @@ class AdamAtan2(BaseOptimizer):
         nesterov: use Nesterov momentum (NAdam look-ahead) in the numerator.
         compile: fuse each bucket's update with ``torch.compile`` (same numbers, faster steps).
         skip_nonfinite: leave a tensor untouched (with a warning) when its gradient has inf or NaN.
+        grad_transforms: gradient transforms applied in order before the update, without changing
+            ``p.grad``: ``"centralize"`` (arXiv:2004.01461), ``"adaptive_clip"`` (arXiv:2102.06171),
+            ``"soft_clip"`` (the seed's per-unit RMS clip); see :mod:`lightning_opt.transforms.gradient`.
+        agc_clipping: the largest unit-wise gradient-to-parameter norm ratio of ``"adaptive_clip"``.
 
     Example:
         >>> model = torch.nn.Linear(4, 2)
@@ -77,6 +83,8 @@ class AdamAtan2(BaseOptimizer):
         nesterov: bool = False,
         compile: bool = False,
         skip_nonfinite: bool = False,
+        grad_transforms: Sequence[str] = (),
+        agc_clipping: float = AGC_CLIPPING,
     ) -> None:
         defaults = dict(
             lr=check_float("lr", lr, low=0.0),
@@ -88,7 +96,14 @@ class AdamAtan2(BaseOptimizer):
             cautious_weight_decay=check_bool("cautious_weight_decay", cautious_weight_decay),
             nesterov=check_bool("nesterov", nesterov),
         )
-        super().__init__(params, defaults, compile=compile, skip_nonfinite=skip_nonfinite)
+        super().__init__(
+            params,
+            defaults,
+            compile=compile,
+            skip_nonfinite=skip_nonfinite,
+            grad_transforms=grad_transforms,
+            agc_clipping=agc_clipping,
+        )
 
     def group_hyperparameters(self, group: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
         lr, weight_decay = group["lr"], group["weight_decay"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -9,6 +10,7 @@ import torch
 from lightning_opt.engine import BaseOptimizer, Flags, Hyperparameters
 from lightning_opt.engine.base import ParamsT
 from lightning_opt.transforms import add_scaled_, ema_, l2_regularised
+from lightning_opt.transforms.gradient import AGC_CLIPPING
 from lightning_opt.validation import check_float, check_probability
 
 
@@ -34,6 +36,10 @@ class NSGDA(BaseOptimizer):
         weight_decay: L2 penalty added to the gradient before the momentum.
         compile: fuse each bucket's update with ``torch.compile`` (same numbers, faster steps).
         skip_nonfinite: leave a tensor untouched (with a warning) when its gradient has inf or NaN.
+        grad_transforms: gradient transforms applied in order before the update, without changing
+            ``p.grad``: ``"centralize"`` (arXiv:2004.01461), ``"adaptive_clip"`` (arXiv:2102.06171),
+            ``"soft_clip"`` (the seed's per-unit RMS clip); see :mod:`lightning_opt.transforms.gradient`.
+        agc_clipping: the largest unit-wise gradient-to-parameter norm ratio of ``"adaptive_clip"``.
 
     Example:
         >>> model = torch.nn.Linear(4, 2)
@@ -57,6 +63,8 @@ class NSGDA(BaseOptimizer):
         weight_decay: float = 1e-2,
         compile: bool = False,
         skip_nonfinite: bool = False,
+        grad_transforms: Sequence[str] = (),
+        agc_clipping: float = AGC_CLIPPING,
     ) -> None:
         defaults = dict(
             lr=check_float("lr", lr, low=0.0),
@@ -64,7 +72,14 @@ class NSGDA(BaseOptimizer):
             eps=check_float("eps", eps, low=0.0, low_inclusive=False),
             weight_decay=check_float("weight_decay", weight_decay, low=0.0),
         )
-        super().__init__(params, defaults, compile=compile, skip_nonfinite=skip_nonfinite)
+        super().__init__(
+            params,
+            defaults,
+            compile=compile,
+            skip_nonfinite=skip_nonfinite,
+            grad_transforms=grad_transforms,
+            agc_clipping=agc_clipping,
+        )
 
     def group_hyperparameters(self, group: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
         numbers = {"momentum": group["momentum"], "neg_lr": -group["lr"], "weight_decay": group["weight_decay"]}
