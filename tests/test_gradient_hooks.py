@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_opt import AdamAtan2, AdaptiveGradientClipping, GradientCentralization, SoftClip
 from lightning_opt.callbacks import GradientTransformCallback
-from tests.references import adaptive_clip_reference, centralize_reference, soft_clip_reference
+from tests.references import adaptive_clip_reference, centralize_reference, soft_clip_reference, unit_rows
 
 F64 = torch.float64
 SHAPES = {"conv.weight": (3, 2, 3, 3), "linear.weight": (4, 6), "linear.bias": (4,), "gain": ()}
@@ -238,3 +238,25 @@ def test_sparse_gradients_raise_a_clear_error():
 def test_invalid_arguments_are_named(make, argument):
     with pytest.raises(ValueError, match=rf"Invalid {argument}: "):
         make()
+
+
+def test_clipping_callbacks_log_the_share_of_units_they_clipped():
+    module = KnownGradients()
+    initial = initial_values(module)
+    rows = {n: (unit_rows(module.targets[n].to(F64)), unit_rows(initial[n])) for n in SHAPES}
+    soft = sum(int((g.pow(2).mean(1) > p.pow(2).mean(1)).sum()) for g, p in rows.values())
+    agc = sum(int((g.norm(dim=1) > 0.05 * p.norm(dim=1).clamp_min(1e-3)).sum()) for g, p in rows.values())
+    units = sum(g.shape[0] for g, _ in rows.values())
+    assert 0 < soft < units and 0 < agc < units, "some units must clip and some not"
+    trainer = pl.Trainer(
+        max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        callbacks=[SoftClip(), AdaptiveGradientClipping(clipping=0.05), GradientCentralization()],
+    )
+    trainer.fit(module)
+    metrics = trainer.callback_metrics
+    assert float(metrics["SoftClip/clipped_units"]) == pytest.approx(soft / units)
+    # AGC acts after SoftClip here: count on the soft-clipped gradients.
+    after_soft = {n: unit_rows(soft_clip_reference(module.targets[n].to(F64), initial[n])) for n in SHAPES}
+    agc_after = sum(int((after_soft[n].norm(dim=1) > 0.05 * rows[n][1].norm(dim=1).clamp_min(1e-3)).sum()) for n in SHAPES)
+    assert float(metrics["AdaptiveGradientClipping/clipped_units"]) == pytest.approx(agc_after / units)
+    assert not any(key.startswith("GradientCentralization") for key in metrics)

@@ -11,6 +11,9 @@ The Trainer's ``gradient_clip_val`` therefore clips the already transformed grad
 accumulation the callbacks see the accumulated gradient of the whole window, once per optimizer step;
 under DDP they see the all-reduced gradient, identical on every rank, so replicas stay in sync.
 
+The clipping callbacks also log, at every optimizer step, the share of units they clipped
+(``SoftClip/clipped_units``, ``AdaptiveGradientClipping/clipped_units``): 0 means the clip never acted.
+
 The same transforms are available inside this package's optimizers (``grad_transforms=[...]``, fused
 into the update and leaving ``p.grad`` alone) and as plain functions in
 :mod:`lightning_opt.transforms.gradient`.
@@ -29,11 +32,11 @@ from lightning_opt.transforms.gradient import (
     AGC_CLIPPING,
     AGC_EPS,
     SOFT_CLIP_EPS,
-    adaptive_clip_,
+    adaptive_clip_scale,
     centralize_,
-    soft_clip_,
+    soft_clip_scale,
 )
-from lightning_opt.validation import check_float
+from lightning_opt.validation import check_bool, check_float
 
 
 class GradientTransformCallback(Callback):
@@ -42,15 +45,19 @@ class GradientTransformCallback(Callback):
     Args:
         include: ``fnmatch`` patterns of the parameter names to transform (default: all parameters).
         exclude: patterns of parameter names to leave alone (``"*.bias"``, ``"head.*"``...).
+        log_clipped_units: log ``<ClassName>/clipped_units``, the share of output units the transform
+            clipped at each step, with ``pl_module.log`` (for transforms that clip).
     """
 
-    def __init__(self, include: Patterns = None, exclude: Patterns = None) -> None:
+    def __init__(self, include: Patterns = None, exclude: Patterns = None, log_clipped_units: bool = True) -> None:
         super().__init__()
         self.parameter_filter = ParameterFilter(include, exclude)
+        self.log_clipped_units = check_bool("log_clipped_units", log_clipped_units)
         self._selected: dict[int, str] = {}
 
-    def transform_(self, grad: torch.Tensor, param: torch.Tensor) -> None:
-        """Rewrite ``grad`` (the gradient of ``param``) in place."""
+    def transform_(self, grad: torch.Tensor, param: torch.Tensor) -> torch.Tensor | None:
+        """Rewrite ``grad`` (the gradient of ``param``) in place; return which units were clipped (a bool
+        tensor with one entry per unit) for a clipping transform, else ``None``."""
         raise NotImplementedError
 
     @override
@@ -66,6 +73,8 @@ class GradientTransformCallback(Callback):
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
+        clipped: torch.Tensor | int = 0
+        units = 0
         with torch.no_grad():
             for group in optimizer.param_groups:
                 for param in group["params"]:
@@ -76,7 +85,13 @@ class GradientTransformCallback(Callback):
                             f"{type(self).__name__} cannot transform the sparse gradient of "
                             f"{self._selected[id(param)]!r}; exclude it (exclude=[...]) or use a dense embedding"
                         )
-                    self.transform_(param.grad, param)
+                    mask = self.transform_(param.grad, param)
+                    if mask is not None:
+                        clipped = clipped + mask.sum().cpu()
+                        units += mask.numel()
+        if units and self.log_clipped_units:
+            share = torch.as_tensor(clipped, dtype=torch.float32) / units
+            pl_module.log(f"{type(self).__name__}/clipped_units", share, on_step=True, on_epoch=False, batch_size=1)
 
 
 class SoftClip(GradientTransformCallback):
@@ -90,6 +105,7 @@ class SoftClip(GradientTransformCallback):
         eps: floor on both root-mean-squares (the seed's ``1e-12``).
         include: ``fnmatch`` patterns of the parameter names to clip (default: all).
         exclude: patterns of parameter names to leave alone.
+        log_clipped_units: log ``SoftClip/clipped_units``, the share of units clipped at each step.
 
     Example::
 
@@ -102,13 +118,21 @@ class SoftClip(GradientTransformCallback):
         The seed blog post, section 5.5.
     """
 
-    def __init__(self, eps: float = SOFT_CLIP_EPS, include: Patterns = None, exclude: Patterns = None) -> None:
-        super().__init__(include, exclude)
+    def __init__(
+        self,
+        eps: float = SOFT_CLIP_EPS,
+        include: Patterns = None,
+        exclude: Patterns = None,
+        log_clipped_units: bool = True,
+    ) -> None:
+        super().__init__(include, exclude, log_clipped_units)
         self.eps = check_float("eps", eps, low=0.0, low_inclusive=False)
 
     @override
-    def transform_(self, grad: torch.Tensor, param: torch.Tensor) -> None:
-        soft_clip_(grad, param, self.eps)
+    def transform_(self, grad: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+        scale = soft_clip_scale(grad, param, self.eps)
+        grad.mul_(scale.to(grad.dtype))
+        return scale < 1
 
 
 class GradientCentralization(GradientTransformCallback):
@@ -133,6 +157,9 @@ class GradientCentralization(GradientTransformCallback):
         ECCV 2020, arXiv:2004.01461.
     """
 
+    def __init__(self, include: Patterns = None, exclude: Patterns = None) -> None:
+        super().__init__(include, exclude, log_clipped_units=False)
+
     @override
     def transform_(self, grad: torch.Tensor, param: torch.Tensor) -> None:
         centralize_(grad)
@@ -150,6 +177,7 @@ class AdaptiveGradientClipping(GradientTransformCallback):
         eps: floor on a unit's parameter norm, so that zero-initialised units can still move.
         include: ``fnmatch`` patterns of the parameter names to clip (default: all).
         exclude: patterns of parameter names to leave alone.
+        log_clipped_units: log ``AdaptiveGradientClipping/clipped_units``, the share of units clipped.
 
     Example::
 
@@ -164,12 +192,19 @@ class AdaptiveGradientClipping(GradientTransformCallback):
     """
 
     def __init__(
-        self, clipping: float = AGC_CLIPPING, eps: float = AGC_EPS, include: Patterns = None, exclude: Patterns = None
+        self,
+        clipping: float = AGC_CLIPPING,
+        eps: float = AGC_EPS,
+        include: Patterns = None,
+        exclude: Patterns = None,
+        log_clipped_units: bool = True,
     ) -> None:
-        super().__init__(include, exclude)
+        super().__init__(include, exclude, log_clipped_units)
         self.clipping = check_float("clipping", clipping, low=0.0, low_inclusive=False)
         self.eps = check_float("eps", eps, low=0.0, low_inclusive=False)
 
     @override
-    def transform_(self, grad: torch.Tensor, param: torch.Tensor) -> None:
-        adaptive_clip_(grad, param, self.clipping, self.eps)
+    def transform_(self, grad: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+        scale = adaptive_clip_scale(grad, param, self.clipping, self.eps)
+        grad.mul_(scale.to(grad.dtype))
+        return scale < 1
