@@ -3,7 +3,8 @@
 The model and datamodule default to the digits recipe (:mod:`recipes.digits`) but any
 ``LightningModule`` / ``LightningDataModule`` can be given by class path. Besides LightningCLI's own
 subcommands (``fit``, ``validate``, ``test``, ``predict``) there is ``lightning-opt optimizers``, which
-lists the registry.
+lists the registry, and ``lightning-opt tails LOGDIR...``, the gradient-tail report of logged runs
+(:mod:`lightning_opt.tails.command`).
 
 Example::
 
@@ -11,6 +12,7 @@ Example::
     lightning-opt fit --config configs/digits.yaml                                  # AdaLo
     lightning-opt fit --config configs/digits.yaml --optimizer AdamAtan2 --optimizer.lr 3e-3
     lightning-opt fit --config configs/digits.yaml --optimizer.help AdaLo           # its arguments
+    lightning-opt tails logs/digits                                                 # gradient tails
 """
 
 from __future__ import annotations
@@ -41,9 +43,13 @@ DEFAULT_DATA = "recipes.digits.DigitsDataModule"
 OPTIMIZERS_COMMAND = "optimizers"
 """The extra subcommand that prints the registry."""
 
+TAILS_COMMAND = "tails"
+"""The extra subcommand that reports gradient tails from TensorBoard logs."""
+
 DESCRIPTION = (
     "Train with post-Adam optimizers (--optimizer AdaLo, NSGDA, AdamAtan2...). "
-    f"'lightning-opt {OPTIMIZERS_COMMAND}' lists them all."
+    f"'lightning-opt {OPTIMIZERS_COMMAND}' lists them all; 'lightning-opt {TAILS_COMMAND} LOGDIR' reports "
+    "gradient tails logged by GradientTailMonitor."
 )
 
 
@@ -285,7 +291,7 @@ def main(args: Sequence[str] | None = None) -> int:
         args: the command-line arguments without the program name; ``None`` reads ``sys.argv[1:]``.
 
     Returns:
-        The exit status (0); LightningCLI itself exits with status 2 on a bad argument.
+        The exit status (0); LightningCLI and ``tails`` exit with status 2 on a bad argument.
 
     Example:
         >>> main(["optimizers"])  # doctest: +ELLIPSIS
@@ -295,6 +301,10 @@ def main(args: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if args is None else args)
     if argv[:1] == [OPTIMIZERS_COMMAND]:
         return _optimizers_command(argv[1:])
+    if argv[:1] == [TAILS_COMMAND]:
+        from lightning_opt.tails.command import run as tails_command
+
+        return tails_command(argv[1:])
     if args is None:
         # LightningCLI reads sys.argv itself; passing args as well would make it warn about the mix.
         sys.argv[1:] = qualify_optimizer_names(argv)
