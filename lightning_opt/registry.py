@@ -48,6 +48,7 @@ class OptimizerSpec:
 _COMMON_INVALID: tuple[tuple[dict[str, Any], str], ...] = (
     ({"lr": -1.0}, "lr"),
     ({"lr": float("nan")}, "lr"),
+    ({"lr": "0.1"}, "lr"),  # a string is not a number, even one float() accepts
     ({"weight_decay": -0.1}, "weight_decay"),
     ({"compile": "yes"}, "compile"),
     ({"grad_transforms": ("clip",)}, "grad_transforms"),

@@ -87,6 +87,8 @@ def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
 
 
 def _is_real(value: Any) -> bool:
+    if isinstance(value, (str, bytes)):  # float("0.5") works, but a string is not a number
+        return False
     try:
         float(value)
     except (TypeError, ValueError):
