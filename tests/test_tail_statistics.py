@@ -1,7 +1,7 @@
 """Tail statistics against direct float64 numpy/scipy computations, on heavy- and light-tailed samples.
 
 Every statistic is checked three ways: the single-statistic functions (direct torch implementations),
-:func:`tail_statistics` (numpy selection on the CPU) and the accelerator algorithm
+:func:`tail_statistics` (numpy on the CPU) and the accelerator algorithm
 (``_sorted_batched_statistics``, run here on the CPU), each against an independent numpy/scipy value.
 """
 

@@ -12,10 +12,12 @@ is undefined:
 - all-zero input: every statistic is NaN.
 
 :func:`tail_statistics` gives all four at once, keyed by :data:`lightning_opt.tails.tags.STATISTICS`;
-:func:`batched_tail_statistics` computes them for many tensors with one sort pass and no host
-synchronisation (what :class:`~lightning_opt.callbacks.GradientTailMonitor` uses). The single-statistic
-functions (:func:`excess_kurtosis`, :func:`q999_over_q50`, :func:`hill_alpha`, :func:`top1pct_energy`)
-are direct, readable implementations of the same definitions.
+:func:`batched_tail_statistics` computes them for many tensors at once, and
+:func:`layerwise_tail_statistics` for many tensors and their concatenation, with the count of non-finite
+entries (what :class:`~lightning_opt.callbacks.GradientTailMonitor` uses): numpy on the CPU, one sort
+pass without host synchronisation on accelerators. The single-statistic functions
+(:func:`excess_kurtosis`, :func:`q999_over_q50`, :func:`hill_alpha`, :func:`top1pct_energy`) are direct,
+readable torch implementations of the same definitions, and the tests hold all of them to numpy/scipy.
 
 Example:
     >>> import torch
@@ -297,10 +299,11 @@ def batched_tail_statistics(segments: Sequence[torch.Tensor]) -> torch.Tensor:
     order, with the definitions and NaN rules of :func:`tail_statistics`; the result lives on the
     segments' device (which they must share; the CPU for MPS). Two algorithms, chosen by device:
 
-    - CPU (and MPS, copied to the CPU): per tensor, in float64 numpy, selection instead of sorting: one ``numpy.partition`` splits off
-      the ``k + 1`` largest ``|g|`` (Hill, the 99.9th percentile and the top 1% all lie there, and only
-      that small block is sorted), a second one finds the median among the rest. Linear time; on a
-      2-core CPU about 10x faster than ``torch.sort`` (which is what makes the callback cheap).
+    - CPU (and MPS, copied to the CPU): in numpy, one vectorised pass per moment over all the tensors
+      (``ufunc.reduceat``, float64) and one ``numpy.sort`` of ``|g|`` per tensor (in the tensor's own
+      float type when that is float32: the same order as in float64, and numpy's SIMD sort of float32 is
+      several times faster than ``torch.sort`` on a CPU). Few calls, which is what makes the callback
+      cheap: on a small model their per-call overhead, not the arithmetic, is the cost.
     - accelerators: all tensors concatenated and handled together, with one global sort of ``|g|``, one
       stable sort by segment and segment sums with ``index_add_``: the number of kernel launches does
       not depend on the number of tensors, and nothing synchronises with the host (the caller reads the
@@ -364,7 +367,7 @@ def layerwise_tail_statistics(
             starts = np.cumsum([0, *sizes])
             rows = [_numpy_statistics(x[starts[i] : starts[i + 1]]) for i in range(len(sizes))]
             rows.append(_numpy_statistics(x))
-        return torch.tensor(rows, dtype=torch.float64), torch.tensor(nonfinite, dtype=torch.int64)
+        return torch.from_numpy(np.array(rows, dtype=np.float64)), torch.tensor(nonfinite, dtype=torch.int64)
     samples = [strided_subsample(t, max_elements) for t in tensors]
     whole = strided_subsample(tensors, max_elements)
     if on_cpu:
@@ -386,7 +389,7 @@ def layerwise_tail_statistics(
 
 
 def _numpy_statistics(x: np.ndarray) -> list[float]:
-    """The four statistics of a float64 vector (non-finite entries dropped), by selection."""
+    """The four statistics of a float64 vector (non-finite entries dropped), on the CPU."""
     finite = np.isfinite(x)
     if not finite.all():
         x = x[finite]
@@ -398,12 +401,10 @@ def _numpy_segment_statistics(
 ) -> list[list[float]]:
     """Rows of statistics for consecutive segments of ``sizes`` entries of a finite float64 vector ``x``,
     plus, with ``whole``, a last row for all of ``x``. ``magnitudes`` may give ``|x|`` in the gradients'
-    own float type (float32 order statistics are those of the float64 values, and cheaper to select).
+    own float type (float32 order statistics are those of the float64 values, and cheaper to sort).
 
     The moments of all segments come from a handful of vectorised passes (``ufunc.reduceat``); the order
-    statistics need, per segment, a ``numpy.partition`` that splits off the ``k + 1`` largest ``|g|`` (Hill,
-    the 99.9th percentile and the top 1% all lie there, and only that small block is sorted) and a second
-    one for the median among the rest.
+    statistics from one sort per segment (see :func:`_order_statistics`).
     """
     segments = [*sizes, x.size] if whole else list(sizes)
     rows = [[_NAN] * len(STATISTICS) for _ in segments]
@@ -454,8 +455,8 @@ def _segment_moments(x: np.ndarray, sizes: list[int]) -> list[tuple[float, float
 
 def _order_statistics(a: np.ndarray) -> tuple[float, float, float]:
     """``(q999 / q50, Hill's alpha, sum of the squares of the top 1%)`` of ``|g|`` (``a``, at least
-    :data:`MIN_ENTRIES` entries), from one sort (numpy's vectorised sort: a few calls, and on a 2-core
-    CPU faster than two ``numpy.partition`` calls for the sizes of layers)."""
+    :data:`MIN_ENTRIES` entries), from one sort: numpy's vectorised sort is about as fast as two
+    ``numpy.partition`` calls (median, then the top ``k + 1``) at the sizes of layers, with fewer calls."""
     n = a.size
     k, k_top = hill_k(n), top_count(n)
     ordered = np.sort(a)
