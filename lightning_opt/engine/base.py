@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar, Optional, Union
 
 import torch
+from torch._dynamo.exc import TorchDynamoException
 
 from lightning_opt.engine.buckets import Bucket, collect_buckets, reject_sparse_grads
 from lightning_opt.engine.compiled import new_compiled_bucket_runner, run_bucket, scalar_dtype
@@ -188,14 +189,30 @@ class BaseOptimizer(torch.optim.Optimizer):
         scalars = torch.tensor(values, dtype=scalar_dtype(dtype), device=device)
         params, grads = [_at_least_1d(p) for p in bucket.params], [_at_least_1d(g) for g in bucket.grads]
         buffers = [{name: _at_least_1d(b) for name, b in per_tensor.items()} for per_tensor in bucket.buffers]
-        for runner, phase, names in zip(runners, phases, phase_transforms):
-            carried = runner(phase, params, grads, buffers, scalars, group_names, tensor_names, flags, carried, names)
+        for k, (runner, phase, names) in enumerate(zip(runners, phases, phase_transforms)):
+            if runner is not None:
+                try:
+                    carried = runner(
+                        phase, params, grads, buffers, scalars, group_names, tensor_names, flags, carried, names
+                    )
+                    continue
+                except TorchDynamoException as error:  # raised while compiling, before the graph changes anything
+                    runners[k] = None
+                    warnings.warn(
+                        f"{type(self).__name__}: torch.compile failed for phase {self.phases[k]!r} of parameter "
+                        f"group {index} ({device}, {dtype}); that phase runs eagerly from now on, with the same "
+                        f"numbers. {type(error).__name__}: {str(error).strip().splitlines()[0] if str(error) else ''}"
+                    )
+            carried = run_bucket(
+                phase, bucket.params, bucket.grads, bucket.buffers, values, group_names, tensor_names, flags,
+                carried, names,
+            )
 
     def _compiled_runners_for(
         self, index: int, device: torch.device, dtype: torch.dtype, bucket: Bucket, transforms: tuple[str, ...]
-    ) -> list[Callable[..., Any]] | None:
-        """One compiled runner per phase for this exact set of tensors, or ``None`` (run eagerly) once the
-        bucket has ``max_compiled_layouts`` of them. Keying by the set, rather than recompiling one
+    ) -> list[Callable[..., Any] | None] | None:
+        """One compiled runner per phase for this exact set of tensors (``None`` for a phase whose compile
+        failed: it runs eagerly), or ``None`` (run eagerly) once the bucket has ``max_compiled_layouts`` of them. Keying by the set, rather than recompiling one
         function, keeps dynamo's recompile limit (a hard error under ``fullgraph=True``) out of reach."""
         layouts = self._compiled_runners.setdefault((index, device, dtype), {})
         signature = (transforms, *(id(p) for p in bucket.params))
