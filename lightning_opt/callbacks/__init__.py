@@ -8,10 +8,12 @@ from lightning_opt.callbacks.gradient_hooks import (
 )
 from lightning_opt.callbacks.loss_feeder import LossDriven, LossFeeder
 from lightning_opt.callbacks.parameter_filter import ParameterFilter
+from lightning_opt.callbacks.tail_monitor import GradientTailMonitor
 
 __all__ = [
     "AdaptiveGradientClipping",
     "GradientCentralization",
+    "GradientTailMonitor",
     "GradientTransformCallback",
     "LossDriven",
     "LossFeeder",
