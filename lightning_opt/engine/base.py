@@ -139,7 +139,7 @@ class BaseOptimizer(torch.optim.Optimizer):
         for index, group in enumerate(self.param_groups):
             numbers, flags = self.group_hyperparameters(group)
             transforms = check_grad_transforms(group["grad_transforms"])
-            if transforms:
+            if "adaptive_clip" in transforms:
                 numbers = {**numbers, "agc_clipping": group["agc_clipping"]}
             buckets, skipped = collect_buckets(
                 group["params"], self.state.__getitem__, self.init_state, self.buffer_names, self._skip_nonfinite

@@ -228,10 +228,12 @@ def plot_distributions(
     chosen = list(steps) if steps else default_steps(first_steps)
     figure, axes = plt.subplots(1, len(chosen), figsize=(4.2 * len(chosen), 3.4), sharey=True, squeeze=False)
     for axis, wanted in zip(axes[0], chosen):
+        shown: list[int] = []
         for index, run in enumerate(with_histograms):
             histograms = run.log_abs_histograms[layer]
             step = nearest_step([h.step for h in histograms], wanted)
             histogram = next(h for h in histograms if h.step == step)
+            shown.append(step)
             if histogram.total <= 0:
                 continue
             shares = [count / histogram.total for count in histogram.counts]
@@ -239,7 +241,7 @@ def plot_distributions(
             label = f"{run.name} (step {step}" + (f", alpha {alpha:.2f})" if alpha is not None else ")")
             axis.stairs(shares, histogram.edges, color=RUN_COLOURS[index % len(RUN_COLOURS)], label=label)
         axis.set_yscale("log")
-        axis.set_title(f"step ~{wanted}")
+        axis.set_title(f"step {shown[0]}" if len(set(shown)) == 1 else f"steps near {wanted}")
         axis.set_xlabel("log10 |g|")
         axis.legend(fontsize=7, loc="upper left")
     axes[0][0].set_ylabel(f"share of entries ({layer})")

@@ -206,7 +206,7 @@ def _accumulation_dtype(tensor: torch.Tensor) -> torch.dtype:
 GradientTransform = Callable[[torch.Tensor, torch.Tensor, Mapping[str, Scalar]], torch.Tensor]
 
 GRADIENT_TRANSFORMS: dict[str, GradientTransform] = {
-    "centralize": lambda grad, param, hp: centralize(grad),
+    "centralize": lambda grad, param, hp: centralize(grad) if grad.dim() > 1 else grad,
     "adaptive_clip": lambda grad, param, hp: adaptive_clip(grad, param, hp["agc_clipping"]),
     "soft_clip": lambda grad, param, hp: soft_clip(grad, param),
 }
