@@ -39,9 +39,25 @@ from common import (  # noqa: E402
     write_json,
 )
 
+from lightning_opt import AdaLo  # noqa: E402
 from lightning_opt.registry import REGISTRY  # noqa: E402
+from lightning_opt.transforms.gradient import soft_clip_  # noqa: E402
 
 ADAMW_ACCESSES = 7  # reads p, g, m, v; writes p, m, v
+TRANSFORM_ACCESSES = 2  # a fused step with unit-wise gradient transforms first reads g and p once for the norms
+TRANSFORMS = ("centralize", "soft_clip")
+
+
+class SoftClippedAdamW(torch.optim.AdamW):
+    """torch's fused AdamW after soft-clipping every gradient in place: what the SoftClip callback costs."""
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        for group in self.param_groups:
+            for param in group["params"]:
+                if param.grad is not None:
+                    soft_clip_(param.grad, param)
+        return super().step(closure)
 
 
 @dataclass
@@ -74,6 +90,27 @@ def candidates() -> list[Candidate]:
                     spec.loss_driven,
                 )
             )
+    spec = REGISTRY["AdaLo"]
+    for compiled in (False, True):
+        found.append(
+            Candidate(
+                f"AdaLo{'-compiled' if compiled else ''}+gc+softclip",
+                "AdaLo + grad_transforms",
+                "lightning-opt compiled" if compiled else "lightning-opt eager",
+                lambda p, c=compiled: AdaLo(p, compile=c, grad_transforms=TRANSFORMS),
+                spec.memory_accesses + TRANSFORM_ACCESSES,
+                loss_driven=True,
+            )
+        )
+    found.append(
+        Candidate(
+            "AdamW-fused+SoftClip",
+            "AdamW + soft clip",
+            "soft_clip_ on p.grad, torch fused",
+            lambda p: SoftClippedAdamW(p, fused=True),
+            ADAMW_ACCESSES + TRANSFORM_ACCESSES,
+        )
+    )
     try:
         from adam_atan2_pytorch import AdamAtan2 as PublicAdamAtan2
     except ImportError:
