@@ -22,7 +22,14 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_opt.callbacks.tail_monitor import LOG10_ABS_BUCKET_LIMITS, GradientTailMonitor
+from lightning_opt.callbacks.tail_monitor import (
+    LOG10_ABS_BUCKET_LIMITS,
+    GradientTailMonitor,
+    _log10_counts_numpy,
+    _log10_counts_torch,
+    _range_histograms_numpy,
+    _range_histograms_torch,
+)
 from lightning_opt.tails import tags
 from lightning_opt.tails.statistics import tail_statistics
 
@@ -153,11 +160,11 @@ def test_steps_count_optimizer_steps_under_gradient_accumulation(tmp_path: Path)
 
 
 def test_default_cadence_follows_log_every_n_steps(tmp_path: Path) -> None:
-    trainer = fit(KnownGradients(), GradientTailMonitor(), tmp_path, max_steps=21, log_every_n_steps=2)
+    trainer = fit(KnownGradients(), GradientTailMonitor(), tmp_path, max_steps=41, log_every_n_steps=2)
     accumulator = read_events(trainer)
-    assert scalar_steps(accumulator, tags.NONFINITE_TAG) == list(range(1, 21, 2))
-    # Histograms: 10x the Trainer's cadence unless every_n_steps or histogram_every_n_steps is given.
-    assert histogram_steps(accumulator, tags.grad_histogram_tag("weight")) == [19]
+    assert scalar_steps(accumulator, tags.NONFINITE_TAG) == list(range(1, 41, 2))
+    # Histograms: 20x the Trainer's cadence unless every_n_steps or histogram_every_n_steps is given.
+    assert histogram_steps(accumulator, tags.grad_histogram_tag("weight")) == [39]
 
 
 def test_histograms_of_values_gradients_and_log10_magnitudes(tmp_path: Path) -> None:
@@ -311,9 +318,51 @@ def test_filter_and_histogram_cap(tmp_path: Path) -> None:
         assert_statistics(logged, expected)
 
 
+def test_no_per_parameter_histograms(tmp_path: Path) -> None:
+    module = KnownGradients()
+    trainer = fit(module, GradientTailMonitor(every_n_steps=2, max_histograms=0), tmp_path, max_steps=2)
+    accumulator = read_events(trainer)
+    assert accumulator.Tags()["histograms"] == [tags.log_abs_grad_histogram_tag(tags.WHOLE_MODEL)]
+    assert tags.statistic_tag("kurtosis", "bias") in accumulator.Tags()["scalars"]
+
+
+def test_statistics_off_when_the_trainer_does_not_log(tmp_path: Path) -> None:
+    monitor = GradientTailMonitor(histogram_every_n_steps=2)
+    with pytest.warns(UserWarning, match="log_every_n_steps=0 .* no statistics"):
+        trainer = fit(KnownGradients(), monitor, tmp_path, max_steps=4, log_every_n_steps=0)
+    accumulator = read_events(trainer)
+    assert not [tag for tag in accumulator.Tags()["scalars"] if tag.startswith(tags.STATISTIC_PREFIX)]
+    assert histogram_steps(accumulator, tags.grad_histogram_tag("weight")) == [1, 3]
+
+
 def test_no_matching_parameter_warns(tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="watches no parameter"):
         fit(KnownGradients(), GradientTailMonitor(every_n_steps=1, include="nothing*"), tmp_path, max_steps=1)
+
+
+def test_accelerator_and_cpu_histogram_paths_agree() -> None:
+    """The torch paths (used on accelerators, and on the CPU when entries are not finite) and the numpy
+    paths give the same histograms."""
+    rng = np.random.default_rng(7)
+    tensors = [torch.from_numpy(rng.standard_t(2.0, n) * 10.0 ** rng.uniform(-12, 2, n)).float() for n in (900, 40, 1)]
+    tensors[0][:10] = 0.0
+    tensors.append(torch.full((7,), 0.25))
+    sizes = [t.numel() for t in tensors]
+    flat = torch.cat(tensors)
+    assert torch.equal(_log10_counts_numpy(flat, sizes), _log10_counts_torch(flat, sizes))
+    with_bad = flat.clone()
+    with_bad[[20, 500]] = torch.tensor([float("nan"), float("-inf")])
+    assert torch.equal(_log10_counts_numpy(with_bad, sizes), _log10_counts_torch(with_bad, sizes))
+    counted = _log10_counts_numpy(with_bad, sizes).view(len(sizes), 111)[:, :110]  # the 111th: zeros, inf, nan
+    assert counted.sum(1).tolist() == [900 - 10 - 2, 40, 1, 7]
+    numpy_summaries = _range_histograms_numpy(tensors, 8)
+    torch_summaries = _range_histograms_torch(tensors, 8)
+    assert numpy_summaries is not None and len(numpy_summaries) == len(torch_summaries)
+    for from_numpy, from_torch in zip(numpy_summaries, torch_summaries):
+        assert from_numpy is not None and from_torch is not None
+        assert from_numpy[:3] == from_torch[:3] and from_numpy[5] == from_torch[5]  # low, high, num, counts
+        assert from_numpy[3:5] == pytest.approx(from_torch[3:5], rel=1e-9)  # sum, sum of squares
+    assert _range_histograms_numpy([with_bad], 8) is None  # left to the torch path, which drops them
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ import torch
 
 from lightning_opt.tails.statistics import (
     MIN_ENTRIES,
+    _layerwise_sorted,
     _sorted_batched_statistics,
     batched_tail_statistics,
     excess_kurtosis,
@@ -232,3 +233,15 @@ def test_layerwise_with_a_cap_and_non_finite_entries() -> None:
         expected.append(list(tail_statistics(torch.cat(tensors), max_elements=cap).values()))
         assert torch.allclose(rows, torch.tensor(expected, dtype=torch.float64), rtol=RTOL, equal_nan=True)
     assert torch.isnan(layerwise_tail_statistics([])[0]).all()
+
+
+def test_the_accelerator_path_in_batches_equals_the_cpu_path() -> None:
+    """On a GPU, layerwise statistics are computed by sorted batches of at most max_elements entries; run
+    that path on the CPU with a small budget (several batches, one part alone) against the numpy path."""
+    rng = np.random.default_rng(6)
+    tensors = [torch.from_numpy(rng.standard_t(2.0, n)).float() for n in (3000, 500, 20, 4000, 10)]
+    tensors[1][::50] = float("inf")
+    rows, nonfinite = layerwise_tail_statistics(tensors)
+    sorted_rows, sorted_nonfinite = _layerwise_sorted(tensors, [*tensors, torch.cat(tensors)], budget=3500)
+    assert torch.allclose(sorted_rows, rows, rtol=RTOL, equal_nan=True)
+    assert int(sorted_nonfinite) == int(nonfinite) == 10

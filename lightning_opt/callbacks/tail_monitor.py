@@ -36,7 +36,7 @@ LOG10_ABS_BUCKET_LIMITS: tuple[float, ...] = tuple(
 """The right edges of the 110 fixed ``log10 |g|`` buckets (-9.9, -9.8, ..., 1.0): the same at every step of
 every run, so that histograms compare bucket by bucket and per-layer counts add up to the whole model's."""
 
-HISTOGRAM_INTERVAL_FACTOR = 10
+HISTOGRAM_INTERVAL_FACTOR = 20
 """Without ``every_n_steps`` nor ``histogram_every_n_steps``, histograms are written every
 ``HISTOGRAM_INTERVAL_FACTOR * trainer.log_every_n_steps`` optimizer steps (statistics every
 ``log_every_n_steps``)."""
@@ -89,7 +89,7 @@ class GradientTailMonitor(Callback):
             ``log_every_n_steps``.
         histogram_every_n_steps: write histograms every this many optimizer steps; ``None`` uses
             ``every_n_steps`` if that is given, else ``HISTOGRAM_INTERVAL_FACTOR * log_every_n_steps``
-            (10x the Trainer's cadence, which is meant for cheap scalars).
+            (20x the Trainer's cadence, which is meant for cheap scalars).
         include: ``fnmatch`` pattern(s) on parameter names (as in ``named_parameters()``, e.g.
             ``"net.*.weight"``); only matching parameters are watched. ``None`` watches all.
         exclude: pattern(s) of parameters not to watch, applied after ``include``.
@@ -143,6 +143,7 @@ class GradientTailMonitor(Callback):
         self._interval = 0  # resolved in setup; 0: disabled
         self._histogram_interval = 0
         self._watched: list[tuple[str, torch.nn.Parameter]] = []
+        self._tags: dict[str, list[str]] = {}  # layer name -> its statistic tags, in STATISTICS order
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -153,7 +154,7 @@ class GradientTailMonitor(Callback):
             self._histogram_interval = self.histogram_every_n_steps
         elif self.every_n_steps is not None:
             self._histogram_interval = self.every_n_steps
-        else:  # the Trainer's logging cadence is meant for cheap scalars: histograms cost ~20x more
+        else:  # the Trainer's logging cadence is meant for cheap scalars; a histogram step costs ~6x more
             self._histogram_interval = HISTOGRAM_INTERVAL_FACTOR * self._interval
         if not trainer.loggers:
             rank_zero_warn(
@@ -164,8 +165,9 @@ class GradientTailMonitor(Callback):
             self._interval = self._histogram_interval = 0
         elif self._interval == 0:
             rank_zero_warn(
-                "GradientTailMonitor: log_every_n_steps=0 turns logging off, so the monitor is disabled; pass "
-                "GradientTailMonitor(every_n_steps=N) to log anyway."
+                "GradientTailMonitor: log_every_n_steps=0 turns logging off, so the monitor logs no statistics"
+                f"{'' if self._histogram_interval else ' and no histograms'}; pass GradientTailMonitor("
+                "every_n_steps=N) to log them anyway."
             )
 
     @override
@@ -195,6 +197,11 @@ class GradientTailMonitor(Callback):
         ]
         if watched:
             self._log(trainer, watched, step, scalars, histograms)
+
+    def _statistic_tags(self, name: str) -> list[str]:
+        if name not in self._tags:
+            self._tags[name] = [tags.statistic_tag(statistic, name) for statistic in tags.STATISTICS]
+        return self._tags[name]
 
     def _is_watched(self, name: str) -> bool:
         if self.include is not None and not any(fnmatchcase(name, pattern) for pattern in self.include):
@@ -230,9 +237,9 @@ class GradientTailMonitor(Callback):
         if scalars:
             width = len(tags.STATISTICS)
             metrics = {
-                tags.statistic_tag(statistic, name): host[row * width + column]
+                tag: host[row * width + column]
                 for row, name in enumerate([*names, tags.WHOLE_MODEL])
-                for column, statistic in enumerate(tags.STATISTICS)
+                for column, tag in enumerate(self._statistic_tags(name))
             }
             metrics[tags.NONFINITE_TAG] = host[(len(names) + 1) * width]
             for logger in trainer.loggers:
@@ -319,42 +326,49 @@ def _log10_counts(grads: list[torch.Tensor]) -> torch.Tensor:
 
     All the gradients go through one vectorised pass (per group of at most ``_CHUNK_ELEMENTS`` entries):
     each entry's bucket is offset by its tensor's index times 111 (the 111th bucket collects zeros and
-    non-finite entries, dropped at the end) and one ``bincount`` counts them all, in numpy on the CPU.
+    non-finite entries, dropped at the end) and one ``bincount`` counts them all (numpy on the CPU).
     """
     rows = []
-    dump = _LOG10_BINS
     for start, stop in _chunks([g.numel() for g in grads], _CHUNK_ELEMENTS):
         chunk = grads[start:stop]
         flat = torch.cat([_widened(g) for g in chunk])
-        offsets = [i * (dump + 1) for i in range(len(chunk))]
         sizes = [g.numel() for g in chunk]
-        if flat.device.type == "cpu":
-            magnitude = np.abs(flat.numpy())
-            keep = np.isfinite(magnitude) & (magnitude > 0)
-            log10 = np.log10(np.where(keep, magnitude, 1.0))
-            bucket = np.clip(np.floor((log10 - _LOG10_LOW) * LOG10_ABS_BINS_PER_DECADE), 0, _LOG10_BINS - 1)
-            bucket = np.where(keep, bucket.astype(np.int64) + np.repeat(offsets, sizes), len(chunk) * (dump + 1) - 1)
-            counts = torch.from_numpy(np.bincount(bucket, minlength=len(chunk) * (dump + 1)))
-        else:
-            magnitude = flat.abs()
-            keep = torch.isfinite(magnitude) & (magnitude > 0)
-            log10 = torch.log10(torch.where(keep, magnitude, 1.0))
-            bucket = ((log10 - _LOG10_LOW) * LOG10_ABS_BINS_PER_DECADE).floor_().clamp_(0, _LOG10_BINS - 1)
-            offset = torch.repeat_interleave(
-                torch.tensor(offsets, device=flat.device),
-                torch.tensor(sizes, device=flat.device),
-                output_size=flat.numel(),
-            )
-            bucket = torch.where(keep, bucket.to(torch.int64) + offset, len(chunk) * (dump + 1) - 1)
-            counts = torch.bincount(bucket, minlength=len(chunk) * (dump + 1))
-        rows.append(counts.view(len(chunk), dump + 1)[:, :dump])
+        count = _log10_counts_numpy if flat.device.type == "cpu" else _log10_counts_torch
+        rows.append(count(flat, sizes).view(len(chunk), _LOG10_BINS + 1)[:, :_LOG10_BINS])
     return rows[0] if len(rows) == 1 else torch.cat(rows)
+
+
+def _log10_counts_numpy(flat: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    magnitude = np.abs(flat.numpy())
+    keep = np.isfinite(magnitude) & (magnitude > 0)
+    log10 = np.log10(np.where(keep, magnitude, 1.0))
+    bucket = np.clip(np.floor((log10 - _LOG10_LOW) * LOG10_ABS_BINS_PER_DECADE), 0, _LOG10_BINS - 1)
+    offsets = np.repeat(np.arange(len(sizes)) * (_LOG10_BINS + 1), sizes)
+    bucket = np.where(keep, bucket.astype(np.int64) + offsets, len(sizes) * (_LOG10_BINS + 1) - 1)
+    return torch.from_numpy(np.bincount(bucket, minlength=len(sizes) * (_LOG10_BINS + 1)))
+
+
+def _log10_counts_torch(flat: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    magnitude = flat.abs()
+    keep = torch.isfinite(magnitude) & (magnitude > 0)
+    log10 = torch.log10(torch.where(keep, magnitude, 1.0))
+    bucket = ((log10 - _LOG10_LOW) * LOG10_ABS_BINS_PER_DECADE).floor_().clamp_(0, _LOG10_BINS - 1)
+    offsets = torch.repeat_interleave(
+        torch.arange(len(sizes), device=flat.device) * (_LOG10_BINS + 1),
+        torch.tensor(sizes, device=flat.device),
+        output_size=flat.numel(),
+    )
+    bucket = torch.where(keep, bucket.to(torch.int64) + offsets, len(sizes) * (_LOG10_BINS + 1) - 1)
+    # bincount without weights is allowed on CUDA under torch.use_deterministic_algorithms
+    return torch.bincount(bucket, minlength=len(sizes) * (_LOG10_BINS + 1))
 
 
 def _range_histograms(tensors: list[torch.Tensor], bins: int) -> list[dict[str, Any] | None]:
     """``add_histogram_raw`` arguments for each tensor: ``bins`` equal buckets between the min and the max of
     its finite entries (``[v - 1, v + 1]`` for a constant ``v``, as ``torch.histc`` does), or ``None`` if it
     has no finite entry."""
+    if not tensors:
+        return []
     flats = [_widened(t) for t in tensors]
     summaries = _range_histograms_numpy(flats, bins) if flats and flats[0].device.type == "cpu" else None
     if summaries is None:

@@ -374,9 +374,15 @@ def layerwise_tail_statistics(
         table = batched_tail_statistics([*samples, whole])
         nonfinite = sum(t.numel() - int(torch.isfinite(t).sum()) for t in tensors)
         return table, torch.tensor(nonfinite, dtype=torch.int64)
-    # Accelerators: sorted batches of at most max_elements entries (whole tensors where one is larger).
-    parts = [*samples, whole]
-    budget = max_elements if max_elements is not None else total
+    return _layerwise_sorted(tensors, [*samples, whole], max_elements if max_elements is not None else total)
+
+
+def _layerwise_sorted(
+    tensors: Sequence[torch.Tensor], parts: Sequence[torch.Tensor], budget: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The accelerator path of :func:`layerwise_tail_statistics`: the rows of ``parts`` (the samples, then
+    the whole) in sorted batches of at most ``budget`` entries (a larger part alone), and the non-finite
+    count of ``tensors``, all left on the device."""
     tables, start, size = [], 0, 0
     for i, part in enumerate(parts):
         if i > start and size + part.numel() > budget:
@@ -384,8 +390,8 @@ def layerwise_tail_statistics(
             start, size = i, 0
         size += part.numel()
     tables.append(_sorted_batched_statistics(parts[start:]))
-    nonfinite_count = torch.stack([t.numel() - torch.isfinite(t).sum() for t in tensors]).sum()
-    return torch.cat(tables), nonfinite_count
+    nonfinite = torch.stack([t.numel() - torch.isfinite(t).sum() for t in tensors]).sum()
+    return torch.cat(tables), nonfinite
 
 
 def _numpy_statistics(x: np.ndarray) -> list[float]:
