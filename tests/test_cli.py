@@ -62,6 +62,12 @@ def quick_fit_args(tmp_path: Path, *extra: str) -> list[str]:
             ["--optimizer.lr", "3e-3", "--optimizer.cautious", "true", "--optimizer.betas", "[0.8, 0.95]"],
             {"lr": 3e-3, "cautious": True, "betas": (0.8, 0.95)},
         ),
+        (
+            "AdaLo",
+            AdaLo,
+            ["--optimizer.grad_transforms", "[centralize, adaptive_clip]", "--optimizer.agc_clipping", "0.1"],
+            {"grad_transforms": ("centralize", "adaptive_clip"), "agc_clipping": 0.1},
+        ),
     ],
 )
 def test_short_name_resolves_with_cli_hyperparameters(
