@@ -18,7 +18,7 @@ from torch.utils.tensorboard import SummaryWriter
 from typing_extensions import override
 
 from lightning_opt.tails import tags
-from lightning_opt.tails.statistics import layerwise_tail_statistics
+from lightning_opt.tails.statistics import _layerwise_rows_cpu, layerwise_tail_statistics
 from lightning_opt.validation import check_bool, check_positive_int
 
 __all__ = ["HISTOGRAM_INTERVAL_FACTOR", "LOG10_ABS_BUCKET_LIMITS", "LOG10_ABS_RANGE", "GradientTailMonitor"]
@@ -222,17 +222,21 @@ class GradientTailMonitor(Callback):
         histograms = histograms and bool(tensorboards)
         histogrammed = min(self.max_histograms, len(watched))
 
-        # One device-to-host transfer for the statistics, the non-finite count and the log10 counts.
+        # On the CPU the statistics come back as Python floats; on an accelerator, one device-to-host
+        # transfer carries the statistics, the non-finite count and the log10 counts.
         pieces: list[torch.Tensor] = []
+        values: list[float] = []
         if scalars:
-            statistics, nonfinite = layerwise_tail_statistics(grads, self.max_elements)
-            pieces += [statistics.reshape(-1), nonfinite.reshape(1)]
+            cpu_rows = _layerwise_rows_cpu(grads, self.max_elements)
+            if cpu_rows is not None:
+                values = [value for row in cpu_rows[0] for value in row] + [float(cpu_rows[1])]
+            else:
+                statistics, nonfinite = layerwise_tail_statistics(grads, self.max_elements)
+                pieces += [statistics.reshape(-1), nonfinite.reshape(1)]
         if histograms:
             log_counts = _log10_counts(grads)
             pieces += [log_counts[:histogrammed].reshape(-1), log_counts.sum(0)]
-        if not pieces:
-            return
-        host = _to_host(pieces)
+        host = values + (_to_host(pieces) if pieces else [])
 
         if scalars:
             width = len(tags.STATISTICS)

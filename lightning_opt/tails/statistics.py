@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from itertools import accumulate
 
 import numpy as np
 import torch
@@ -316,13 +317,7 @@ def batched_tail_statistics(segments: Sequence[torch.Tensor]) -> torch.Tensor:
         (torch.Size([2, 4]), -1.2, True)
     """
     if segments and segments[0].device.type in ("cpu", "mps"):
-        x = torch.cat([s.detach().reshape(-1).cpu() for s in segments]).to(torch.float64).numpy()
-        sizes = [s.numel() for s in segments]
-        if np.isfinite(x).all():
-            rows = _numpy_segment_statistics(x, sizes)
-        else:
-            starts = np.cumsum([0, *sizes])
-            rows = [_numpy_statistics(x[starts[i] : starts[i + 1]]) for i in range(len(sizes))]
+        rows = _cpu_rows([s.detach() for s in segments], whole=False)
         return torch.tensor(rows, dtype=torch.float64).reshape(len(rows), len(STATISTICS))
     return _sorted_batched_statistics(segments)
 
@@ -351,23 +346,12 @@ def layerwise_tail_statistics(
     if not tensors:
         return torch.full((1, width), _NAN, dtype=torch.float64), torch.zeros((), dtype=torch.int64)
     tensors = [t.detach() for t in tensors]
-    sizes = [t.numel() for t in tensors]
-    total = sum(sizes)
-    capped = max_elements is not None and total > max_elements
+    cpu_rows = _layerwise_rows_cpu(tensors, max_elements)
+    if cpu_rows is not None:
+        rows, nonfinite = cpu_rows
+        return torch.tensor(rows, dtype=torch.float64), torch.tensor(nonfinite, dtype=torch.int64)
+    total = sum(t.numel() for t in tensors)
     on_cpu = tensors[0].device.type in ("cpu", "mps")
-    if on_cpu and not capped:  # the common case, made cheap: one float64 copy of everything
-        whole = torch.cat([t.reshape(-1) for t in tensors]).cpu()
-        x = whole.to(torch.float64).numpy()
-        if np.isfinite(x).all():
-            nonfinite = 0
-            magnitudes = (whole.float() if whole.dtype in (torch.float16, torch.bfloat16) else whole).abs()
-            rows = _numpy_segment_statistics(x, sizes, whole=True, magnitudes=magnitudes.numpy())
-        else:
-            nonfinite = x.size - int(np.count_nonzero(np.isfinite(x)))
-            starts = np.cumsum([0, *sizes])
-            rows = [_numpy_statistics(x[starts[i] : starts[i + 1]]) for i in range(len(sizes))]
-            rows.append(_numpy_statistics(x))
-        return torch.from_numpy(np.array(rows, dtype=np.float64)), torch.tensor(nonfinite, dtype=torch.int64)
     samples = [strided_subsample(t, max_elements) for t in tensors]
     whole = strided_subsample(tensors, max_elements)
     if on_cpu:
@@ -375,6 +359,48 @@ def layerwise_tail_statistics(
         nonfinite = sum(t.numel() - int(torch.isfinite(t).sum()) for t in tensors)
         return table, torch.tensor(nonfinite, dtype=torch.int64)
     return _layerwise_sorted(tensors, [*samples, whole], max_elements if max_elements is not None else total)
+
+
+def _layerwise_rows_cpu(
+    tensors: Sequence[torch.Tensor], max_elements: int | None
+) -> tuple[list[list[float]], int] | None:
+    """The common case of :func:`layerwise_tail_statistics` as plain Python lists (what the monitor logs):
+    tensors on the CPU (or MPS), all of them within the cap. ``None`` otherwise."""
+    sizes = [t.numel() for t in tensors]
+    if tensors[0].device.type not in ("cpu", "mps") or (max_elements is not None and sum(sizes) > max_elements):
+        return None
+    values = _flat_numpy(tensors)
+    rows = _numpy_rows(values, sizes, whole=True)
+    if rows is not None:
+        return rows, 0
+    finite = np.isfinite(values)
+    starts = [0, *accumulate(sizes)]
+    rows = [_numpy_statistics(values[starts[i] : starts[i + 1]]) for i in range(len(sizes))]
+    rows.append(_numpy_statistics(values))
+    return rows, values.size - int(np.count_nonzero(finite))
+
+
+def _cpu_rows(tensors: Sequence[torch.Tensor], whole: bool) -> list[list[float]]:
+    """Rows for each tensor (and, with ``whole``, their concatenation) on the CPU, non-finite entries dropped."""
+    sizes = [t.numel() for t in tensors]
+    values = _flat_numpy(tensors)
+    rows = _numpy_rows(values, sizes, whole)
+    if rows is None:
+        starts = [0, *accumulate(sizes)]
+        rows = [_numpy_statistics(values[starts[i] : starts[i + 1]]) for i in range(len(sizes))]
+        if whole:
+            rows.append(_numpy_statistics(values))
+    return rows
+
+
+def _flat_numpy(tensors: Sequence[torch.Tensor]) -> np.ndarray:
+    """The tensors' entries, concatenated, as a numpy array of their own float type (half types widened to
+    float32, which numpy reads; never narrowed)."""
+    flat = torch.cat([t.detach().reshape(-1).cpu() for t in tensors]) if len(tensors) > 1 else tensors[0].reshape(-1)
+    flat = flat.detach().cpu()
+    if flat.dtype in (torch.float16, torch.bfloat16) or not flat.dtype.is_floating_point:
+        flat = flat.float() if flat.dtype != torch.int64 else flat.double()
+    return flat.numpy()
 
 
 def _layerwise_sorted(
@@ -395,77 +421,94 @@ def _layerwise_sorted(
 
 
 def _numpy_statistics(x: np.ndarray) -> list[float]:
-    """The four statistics of a float64 vector (non-finite entries dropped), on the CPU."""
+    """The four statistics of a numpy vector, non-finite entries dropped."""
     finite = np.isfinite(x)
     if not finite.all():
         x = x[finite]
-    return _numpy_segment_statistics(x, [x.size])[0]
+    rows = _numpy_rows(x, [x.size], whole=False)
+    if rows is None:  # finite values whose sum overflows float64: nothing meaningful to compute
+        return [_NAN] * len(STATISTICS)
+    return rows[0]
 
 
-def _numpy_segment_statistics(
-    x: np.ndarray, sizes: Sequence[int], whole: bool = False, magnitudes: np.ndarray | None = None
-) -> list[list[float]]:
-    """Rows of statistics for consecutive segments of ``sizes`` entries of a finite float64 vector ``x``,
-    plus, with ``whole``, a last row for all of ``x``. ``magnitudes`` may give ``|x|`` in the gradients'
-    own float type (float32 order statistics are those of the float64 values, and cheaper to sort).
+def _numpy_rows(values: np.ndarray, sizes: Sequence[int], whole: bool) -> list[list[float]] | None:
+    """Rows of statistics for consecutive segments of ``sizes`` entries tiling ``values`` and, with
+    ``whole``, a last row for all of them; ``None`` if some entry is not finite (or a sum overflows).
 
-    The moments of all segments come from a handful of vectorised passes (``ufunc.reduceat``); the order
-    statistics from one sort per segment (see :func:`_order_statistics`).
+    ``values`` keeps the gradients' float type: sorting float32 gives the same order as float64 and is
+    faster, and every sum is accumulated in float64 (``dtype=`` of the ufuncs). The work is organised for
+    a small model trained on a CPU, where the cost of a call, not the arithmetic, dominates (and, in a
+    training loop, each *distinct* numpy routine runs cold, at several times its warm cost):
+
+    - the central sums ``M2, M3, M4`` of every segment come from one subtraction and three
+      ``add.reduceat`` passes; the whole's from the segments' (exact: each segment's deviations sum to 0)
+      with ``M2 = sum(M2_i + n_i d_i^2)`` and ``M4 = sum(M4_i + 4 d_i M3_i + 6 d_i^2 M2_i + n_i d_i^4)``,
+      ``d_i`` the segment mean minus the overall mean, so the whole costs no further pass;
+    - non-finite entries show up in the sums (finite float32 values cannot overflow a float64 sum);
+    - ``|g|`` is sorted in place, one segment at a time, then, made of sorted runs, as a whole: no copies.
     """
-    segments = [*sizes, x.size] if whole else list(sizes)
+    segments = [*sizes, values.size] if whole else list(sizes)
     rows = [[_NAN] * len(STATISTICS) for _ in segments]
-    starts = np.cumsum([0, *segments[:-1]]) if segments else np.zeros(0, dtype=np.int64)
+    nonempty = [i for i, n in enumerate(sizes) if n]
+    if not nonempty or not any(n >= MIN_ENTRIES for n in segments):
+        return rows if np.isfinite(values).all() else None
+    counts = np.array([sizes[i] for i in nonempty], dtype=np.int64)
+    at = np.cumsum(counts) - counts  # add.reduceat from each start runs to the next: the segment's end
+    sums = np.add.reduceat(values, at, dtype=np.float64)
+    total = float(np.add.reduce(sums))
+    if not math.isfinite(total):
+        return None
+    means = sums / counts
+    d = np.subtract(values, np.repeat(means, counts), dtype=np.float64)
+    d2 = np.square(d)
+    central = np.zeros((3, len(sizes)))
+    central[0, nonempty] = np.add.reduceat(d2, at)
     if whole:
-        starts[-1] = 0
-    valid = [i for i, n in enumerate(segments) if n >= MIN_ENTRIES]
-    if not valid:
-        return rows
-    a = np.abs(x) if magnitudes is None else magnitudes
-    moments = _segment_moments(x, list(sizes))
+        central[1, nonempty] = np.add.reduceat(np.multiply(d2, d, out=d), at)
+    central[2, nonempty] = np.add.reduceat(np.square(d2, out=d2), at)
+    m2, m3, m4 = central.tolist()
+    mean = [0.0] * len(sizes)
+    for j, i in enumerate(nonempty):
+        mean[i] = float(means[j])
     if whole:
-        moments.append(_segment_moments(x, [x.size])[0])
-    for i in valid:
-        n, start = segments[i], int(starts[i])
-        energy, m2, m4, constant = moments[i]
-        kurtosis = m4 / (m2 * m2) - 3.0 if m2 > 0 and not constant else _NAN
-        ratio, hill, top_energy = _order_statistics(a[start : start + n])
-        share = top_energy / energy if energy > 0 else _NAN
-        rows[i] = [kurtosis, ratio, hill, share]
+        grand = total / values.size
+        whole_m2 = whole_m4 = 0.0
+        for i in nonempty:
+            n, delta = sizes[i], mean[i] - grand
+            whole_m2 += m2[i] + n * delta * delta
+            whole_m4 += m4[i] + 4.0 * delta * m3[i] + 6.0 * delta * delta * m2[i] + n * delta**4
+        m2, m4, mean = [*m2, whole_m2], [*m4, whole_m4], [*mean, grand]
+    magnitudes = np.abs(values)
+    starts = [0, *accumulate(sizes)]
+    for i, n in enumerate(segments):
+        if n < MIN_ENTRIES:
+            continue
+        if i < len(sizes):
+            ordered = magnitudes[starts[i] : starts[i] + n]
+            ordered.sort()
+        else:
+            magnitudes.sort()
+            ordered = magnitudes
+        variance = m2[i] / n
+        # A constant input has zero variance in exact arithmetic, but its float mean may be off by an ulp:
+        # equal magnitudes and a variance at rounding level mean a constant (+c and -c mixed cannot get
+        # there: their variance is at least 4 c^2 / n).
+        largest = float(ordered[-1])
+        constant = float(ordered[0]) == largest and variance <= 1e-20 * largest * largest
+        kurtosis = m4[i] / n / (variance * variance) - 3.0 if variance > 0 and not constant else _NAN
+        energy = m2[i] + n * mean[i] * mean[i]  # sum x^2: two non-negative terms, no cancellation
+        ratio, hill, top_energy = _order_statistics(ordered)
+        rows[i] = [kurtosis, ratio, hill, top_energy / energy if energy > 0 else _NAN]
     return rows
 
 
-def _segment_moments(x: np.ndarray, sizes: list[int]) -> list[tuple[float, float, float, bool]]:
-    """``(sum x^2, m2, m4, constant)`` of each segment (central moments, two passes), for segments of
-    ``sizes`` entries tiling ``x``; NaN-filled for empty segments."""
-    nonempty = [i for i, n in enumerate(sizes) if n > 0]
-    result = [(_NAN, _NAN, _NAN, True)] * len(sizes)
-    if not nonempty:
-        return result
-    counts = np.array([sizes[i] for i in nonempty], dtype=np.float64)
-    starts = np.cumsum([0, *sizes[:-1]])[nonempty]
-    # reduceat over the starts of the non-empty segments: each runs to the next start, i.e. to its end.
-    mean = np.add.reduceat(x, starts) / counts
-    d = x - np.repeat(mean, counts.astype(np.int64)) if len(nonempty) > 1 else x - mean[0]
-    np.square(d, out=d)
-    m2 = np.add.reduceat(d, starts) / counts
-    np.square(d, out=d)
-    m4 = np.add.reduceat(d, starts) / counts
-    # sum x^2 = sum (x - mean)^2 + n mean^2: two non-negative terms, so no cancellation.
-    energy = m2 * counts + counts * mean * mean
-    # A constant segment has zero variance in exact arithmetic, but its float mean may be off by an ulp.
-    constant = np.maximum.reduceat(x, starts) == np.minimum.reduceat(x, starts)
-    for j, i in enumerate(nonempty):
-        result[i] = (float(energy[j]), float(m2[j]), float(m4[j]), bool(constant[j]))
-    return result
-
-
-def _order_statistics(a: np.ndarray) -> tuple[float, float, float]:
-    """``(q999 / q50, Hill's alpha, sum of the squares of the top 1%)`` of ``|g|`` (``a``, at least
-    :data:`MIN_ENTRIES` entries), from one sort: numpy's vectorised sort is about as fast as two
-    ``numpy.partition`` calls (median, then the top ``k + 1``) at the sizes of layers, with fewer calls."""
-    n = a.size
+def _order_statistics(ordered: np.ndarray) -> tuple[float, float, float]:
+    """``(q999 / q50, Hill's alpha, sum of the squares of the top 1%)`` of ``|g|`` from its values sorted in
+    increasing order (at least :data:`MIN_ENTRIES` of them). One sort gives them all: numpy's vectorised
+    sort is about as fast as two ``numpy.partition`` calls (median, then the top ``k + 1``) at the sizes
+    of layers, with fewer calls."""
+    n = ordered.size
     k, k_top = hill_k(n), top_count(n)
-    ordered = np.sort(a)
 
     def quantile(q: float) -> float:  # linear interpolation between order statistics, as numpy does
         position = q * (n - 1)
