@@ -32,8 +32,8 @@ class ParameterFilter:
     """
 
     def __init__(self, include: Patterns = None, exclude: Patterns = None) -> None:
-        self.include = None if include is None else _patterns("include", include)
-        self.exclude = () if exclude is None else _patterns("exclude", exclude)
+        self.include = None if include is None else _patterns("include", include, allow_empty=False)
+        self.exclude = () if exclude is None else _patterns("exclude", exclude, allow_empty=True)
 
     def __call__(self, name: str) -> bool:
         """Whether the parameter called ``name`` is selected."""
@@ -53,8 +53,14 @@ class ParameterFilter:
         return f"{type(self).__name__}(include={self.include!r}, exclude={self.exclude!r})"
 
 
-def _patterns(name: str, value: Patterns) -> tuple[str, ...]:
+def _patterns(name: str, value: Patterns, allow_empty: bool) -> tuple[str, ...]:
+    """``value`` as a tuple of non-empty patterns; an empty ``include`` would select nothing, so it is refused."""
     patterns = (value,) if isinstance(value, str) else value
-    if not isinstance(patterns, (list, tuple)) or not all(isinstance(p, str) and p for p in patterns):
-        raise ValueError(f"Invalid {name}: {value!r} (expected an fnmatch pattern or a list of them)")
+    if (
+        not isinstance(patterns, (list, tuple))
+        or not (patterns or allow_empty)
+        or not all(isinstance(p, str) and p for p in patterns)
+    ):
+        expected = "an fnmatch pattern or a list of them" + ("" if allow_empty else " (not an empty list)")
+        raise ValueError(f"Invalid {name}: {value!r} (expected {expected}, such as 'net.*.weight', or None)")
     return tuple(patterns)

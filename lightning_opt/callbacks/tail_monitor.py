@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from fnmatch import fnmatchcase
 from typing import Any
 
 import lightning.pytorch as pl
@@ -17,8 +16,9 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from torch.utils.tensorboard import SummaryWriter
 from typing_extensions import override
 
+from lightning_opt.callbacks.parameter_filter import ParameterFilter
 from lightning_opt.tails import tags
-from lightning_opt.tails.statistics import _layerwise_rows_cpu, layerwise_tail_statistics
+from lightning_opt.tails.statistics import Workspace, _layerwise_rows_cpu, layerwise_tail_statistics
 from lightning_opt.validation import check_bool, check_positive_int
 
 __all__ = ["HISTOGRAM_INTERVAL_FACTOR", "LOG10_ABS_BUCKET_LIMITS", "LOG10_ABS_RANGE", "GradientTailMonitor"]
@@ -127,8 +127,8 @@ class GradientTailMonitor(Callback):
         super().__init__()
         self.every_n_steps = _optional_positive_int("every_n_steps", every_n_steps)
         self.histogram_every_n_steps = _optional_positive_int("histogram_every_n_steps", histogram_every_n_steps)
-        self.include = _check_patterns("include", include, allow_empty=False)
-        self.exclude = _check_patterns("exclude", exclude, allow_empty=True) or ()
+        self.parameter_filter = ParameterFilter(include, exclude)
+        self.include, self.exclude = self.parameter_filter.include, self.parameter_filter.exclude
         if isinstance(max_histograms, bool) or not isinstance(max_histograms, int) or max_histograms < 0:
             raise ValueError(f"Invalid max_histograms: {max_histograms!r} (expected an integer >= 0)")
         self.max_histograms = max_histograms
@@ -144,6 +144,7 @@ class GradientTailMonitor(Callback):
         self._histogram_interval = 0
         self._watched: list[tuple[str, torch.nn.Parameter]] = []
         self._tags: dict[str, list[str]] = {}  # layer name -> its statistic tags, in STATISTICS order
+        self._workspace = Workspace()  # CPU buffers reused from one logged step to the next
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -173,7 +174,7 @@ class GradientTailMonitor(Callback):
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Resolved here rather than in setup: configure_model() may create parameters after setup.
-        self._watched = [(name, p) for name, p in pl_module.named_parameters() if self._is_watched(name)]
+        self._watched = list(self.parameter_filter.named_parameters(pl_module))
         if (self._interval or self._histogram_interval) and not self._watched:
             rank_zero_warn(
                 "GradientTailMonitor watches no parameter: no parameter name matches "
@@ -203,11 +204,6 @@ class GradientTailMonitor(Callback):
             self._tags[name] = [tags.statistic_tag(statistic, name) for statistic in tags.STATISTICS]
         return self._tags[name]
 
-    def _is_watched(self, name: str) -> bool:
-        if self.include is not None and not any(fnmatchcase(name, pattern) for pattern in self.include):
-            return False
-        return not any(fnmatchcase(name, pattern) for pattern in self.exclude)
-
     def _log(
         self,
         trainer: pl.Trainer,
@@ -227,11 +223,11 @@ class GradientTailMonitor(Callback):
         pieces: list[torch.Tensor] = []
         values: list[float] = []
         if scalars:
-            cpu_rows = _layerwise_rows_cpu(grads, self.max_elements)
+            cpu_rows = _layerwise_rows_cpu(grads, self.max_elements, self._workspace)
             if cpu_rows is not None:
                 values = [value for row in cpu_rows[0] for value in row] + [float(cpu_rows[1])]
             else:
-                statistics, nonfinite = layerwise_tail_statistics(grads, self.max_elements)
+                statistics, nonfinite = layerwise_tail_statistics(grads, self.max_elements, self._workspace)
                 pieces += [statistics.reshape(-1), nonfinite.reshape(1)]
         if histograms:
             log_counts = _log10_counts(grads)
@@ -269,22 +265,6 @@ class GradientTailMonitor(Callback):
 
 def _optional_positive_int(name: str, value: Any) -> int | None:
     return None if value is None else check_positive_int(name, value)
-
-
-def _check_patterns(name: str, value: Any, allow_empty: bool) -> tuple[str, ...] | None:
-    """``value`` as a tuple of fnmatch patterns (a single string is one pattern), or ``None``."""
-    if value is None:
-        return None
-    if isinstance(value, str) and value:
-        return (value,)
-    if (
-        isinstance(value, (list, tuple))
-        and (value or allow_empty)
-        and all(isinstance(pattern, str) and pattern for pattern in value)
-    ):
-        return tuple(value)
-    expected = "a pattern or a list of patterns" if allow_empty else "a pattern or a non-empty list of patterns"
-    raise ValueError(f"Invalid {name}: {value!r} (expected {expected}, such as 'net.*.weight', or None)")
 
 
 def _log_scalars(logger: Any, metrics: dict[str, float], step: int) -> None:
