@@ -18,6 +18,7 @@ import torch
 
 from lightning_opt.tails.statistics import (
     MIN_ENTRIES,
+    Workspace,
     _layerwise_sorted,
     _sorted_batched_statistics,
     batched_tail_statistics,
@@ -245,3 +246,16 @@ def test_the_accelerator_path_in_batches_equals_the_cpu_path() -> None:
     sorted_rows, sorted_nonfinite = _layerwise_sorted(tensors, [*tensors, torch.cat(tensors)], budget=3500)
     assert torch.allclose(sorted_rows, rows, rtol=RTOL, equal_nan=True)
     assert int(sorted_nonfinite) == int(nonfinite) == 10
+
+
+def test_a_workspace_reused_across_calls_of_different_sizes() -> None:
+    rng = np.random.default_rng(8)
+    workspace = Workspace()
+    for sizes in [(500, 300), (40, 30), (2000, 25, 700), (500, 300)]:
+        tensors = [torch.from_numpy(rng.standard_t(3, n)).float() for n in sizes]
+        copies = [t.clone() for t in tensors]
+        rows, _ = layerwise_tail_statistics(tensors, workspace=workspace)
+        assert all(torch.equal(t, c) for t, c in zip(tensors, copies))  # read, never sorted in place
+        expected = [list(tail_statistics(t).values()) for t in tensors]
+        expected.append(list(tail_statistics(torch.cat(tensors)).values()))
+        assert torch.allclose(rows, torch.tensor(expected, dtype=torch.float64), rtol=RTOL, equal_nan=True)

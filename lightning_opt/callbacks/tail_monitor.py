@@ -277,9 +277,12 @@ def _log_scalars(logger: Any, metrics: dict[str, float], step: int) -> None:
     if isinstance(logger, TensorBoardLogger) and not getattr(logger, "_prefix", ""):
         writer = logger.experiment
         if isinstance(writer, SummaryWriter):
-            values = [Summary.Value(tag=tag, simple_value=value) for tag, value in metrics.items()]
+            summary = Summary()
+            add = summary.value.add
+            for tag, value in metrics.items():
+                add(tag=tag, simple_value=value)
             # The route add_scalar itself takes (_get_file_writer re-opens a closed writer).
-            writer._get_file_writer().add_summary(Summary(value=values), step)
+            writer._get_file_writer().add_summary(summary, step)
             return
     logger.log_metrics(metrics, step=step)
 

@@ -48,6 +48,7 @@ from lightning_opt.tails.tags import STATISTICS
 __all__ = [
     "HILL_MIN_K",
     "MIN_ENTRIES",
+    "Workspace",
     "batched_tail_statistics",
     "excess_kurtosis",
     "hill_alpha",
@@ -127,6 +128,34 @@ def strided_subsample(values: torch.Tensor | Sequence[torch.Tensor], max_element
         pieces.append(flat[first::stride])
         start += flat.numel()
     return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+
+
+class Workspace:
+    """Buffers that the CPU path reuses from one call to the next.
+
+    A caller that computes statistics again and again (the monitor, every N steps) passes one to
+    :func:`layerwise_tail_statistics`: its large temporaries are then allocated once instead of at every
+    call, which spares the allocator's trimming of freed memory and the page faults of fresh memory that
+    otherwise slow down the training step after each logged step. Not thread-safe.
+    """
+
+    def __init__(self) -> None:
+        self._numpy: dict[str, np.ndarray] = {}
+        self._torch: dict[str, torch.Tensor] = {}
+
+    def array(self, name: str, size: int, dtype: np.dtype | type) -> np.ndarray:
+        """A numpy buffer of ``size`` entries (contents undefined)."""
+        buffer = self._numpy.get(name)
+        if buffer is None or buffer.size < size or buffer.dtype != np.dtype(dtype):
+            buffer = self._numpy[name] = np.empty(max(size, 1), dtype=dtype)
+        return buffer[:size]
+
+    def tensor(self, name: str, size: int, dtype: torch.dtype) -> torch.Tensor:
+        """A CPU tensor of ``size`` entries (contents undefined)."""
+        buffer = self._torch.get(name)
+        if buffer is None or buffer.numel() < size or buffer.dtype != dtype:
+            buffer = self._torch[name] = torch.empty(max(size, 1), dtype=dtype)
+        return buffer[:size]
 
 
 def _check_max_elements(max_elements: int | None) -> None:
@@ -323,7 +352,7 @@ def batched_tail_statistics(segments: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 def layerwise_tail_statistics(
-    tensors: Sequence[torch.Tensor], max_elements: int | None = None
+    tensors: Sequence[torch.Tensor], max_elements: int | None = None, workspace: Workspace | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The statistics of each tensor and of all of them together, and how many entries are not finite.
 
@@ -331,7 +360,8 @@ def layerwise_tail_statistics(
     of the ``(len(tensors) + 1, 4)`` float64 result holds :func:`tail_statistics` ``(tensors[i],
     max_elements)``, the last row :func:`tail_statistics` of the concatenation of all the (flattened)
     tensors, with the same cap; the second result is a 0-d int64 tensor counting the inf and NaN entries of
-    all the tensors (every entry, whatever the cap). The tensors must share a device; the results stay
+    all the tensors (every entry, whatever the cap). A :class:`Workspace` makes repeated calls on the
+    CPU allocate nothing large. The tensors must share a device; the results stay
     on it (on the CPU for the CPU and MPS), unsynchronised on an accelerator (see
     :func:`batched_tail_statistics` for both algorithms). On the CPU, up to the cap, the tensors are
     converted to float64 once and the whole-model row reuses that array.
@@ -346,7 +376,7 @@ def layerwise_tail_statistics(
     if not tensors:
         return torch.full((1, width), _NAN, dtype=torch.float64), torch.zeros((), dtype=torch.int64)
     tensors = [t.detach() for t in tensors]
-    cpu_rows = _layerwise_rows_cpu(tensors, max_elements)
+    cpu_rows = _layerwise_rows_cpu(tensors, max_elements, workspace)
     if cpu_rows is not None:
         rows, nonfinite = cpu_rows
         return torch.tensor(rows, dtype=torch.float64), torch.tensor(nonfinite, dtype=torch.int64)
@@ -362,15 +392,15 @@ def layerwise_tail_statistics(
 
 
 def _layerwise_rows_cpu(
-    tensors: Sequence[torch.Tensor], max_elements: int | None
+    tensors: Sequence[torch.Tensor], max_elements: int | None, workspace: Workspace | None = None
 ) -> tuple[list[list[float]], int] | None:
     """The common case of :func:`layerwise_tail_statistics` as plain Python lists (what the monitor logs):
     tensors on the CPU (or MPS), all of them within the cap. ``None`` otherwise."""
     sizes = [t.numel() for t in tensors]
     if tensors[0].device.type not in ("cpu", "mps") or (max_elements is not None and sum(sizes) > max_elements):
         return None
-    values = _flat_numpy(tensors)
-    rows = _numpy_rows(values, sizes, whole=True)
+    values = _flat_numpy(tensors, workspace)
+    rows = _numpy_rows(values, sizes, whole=True, workspace=workspace)
     if rows is not None:
         return rows, 0
     finite = np.isfinite(values)
@@ -393,11 +423,17 @@ def _cpu_rows(tensors: Sequence[torch.Tensor], whole: bool) -> list[list[float]]
     return rows
 
 
-def _flat_numpy(tensors: Sequence[torch.Tensor]) -> np.ndarray:
+def _flat_numpy(tensors: Sequence[torch.Tensor], workspace: Workspace | None = None) -> np.ndarray:
     """The tensors' entries, concatenated, as a numpy array of their own float type (half types widened to
     float32, which numpy reads; never narrowed)."""
-    flat = torch.cat([t.detach().reshape(-1).cpu() for t in tensors]) if len(tensors) > 1 else tensors[0].reshape(-1)
-    flat = flat.detach().cpu()
+    parts = [t.detach().reshape(-1).cpu() for t in tensors]
+    dtype = parts[0].dtype
+    if len(parts) == 1:
+        flat = parts[0]
+    elif workspace is not None and all(p.dtype == dtype for p in parts):
+        flat = torch.cat(parts, out=workspace.tensor("flat", sum(p.numel() for p in parts), dtype))
+    else:
+        flat = torch.cat(parts)
     if flat.dtype in (torch.float16, torch.bfloat16) or not flat.dtype.is_floating_point:
         flat = flat.float() if flat.dtype != torch.int64 else flat.double()
     return flat.numpy()
@@ -431,7 +467,9 @@ def _numpy_statistics(x: np.ndarray) -> list[float]:
     return rows[0]
 
 
-def _numpy_rows(values: np.ndarray, sizes: Sequence[int], whole: bool) -> list[list[float]] | None:
+def _numpy_rows(
+    values: np.ndarray, sizes: Sequence[int], whole: bool, workspace: Workspace | None = None
+) -> list[list[float]] | None:
     """Rows of statistics for consecutive segments of ``sizes`` entries tiling ``values`` and, with
     ``whole``, a last row for all of them; ``None`` if some entry is not finite (or a sum overflows).
 
@@ -459,8 +497,11 @@ def _numpy_rows(values: np.ndarray, sizes: Sequence[int], whole: bool) -> list[l
     if not math.isfinite(total):
         return None
     means = sums / counts
-    d = np.subtract(values, np.repeat(means, counts), dtype=np.float64)
-    d2 = np.square(d)
+    buffers = workspace or Workspace()
+    d = buffers.array("deviation", values.size, np.float64)
+    for j, i in enumerate(nonempty):  # segment by segment: no array of repeated means to build
+        np.subtract(values[at[j] : at[j] + counts[j]], means[j], out=d[at[j] : at[j] + counts[j]])
+    d2 = np.square(d, out=buffers.array("square", values.size, np.float64))
     central = np.zeros((3, len(sizes)))
     central[0, nonempty] = np.add.reduceat(d2, at)
     if whole:
@@ -478,7 +519,7 @@ def _numpy_rows(values: np.ndarray, sizes: Sequence[int], whole: bool) -> list[l
             whole_m2 += m2[i] + n * delta * delta
             whole_m4 += m4[i] + 4.0 * delta * m3[i] + 6.0 * delta * delta * m2[i] + n * delta**4
         m2, m4, mean = [*m2, whole_m2], [*m4, whole_m4], [*mean, grand]
-    magnitudes = np.abs(values)
+    magnitudes = np.abs(values, out=buffers.array("magnitude", values.size, values.dtype))
     starts = [0, *accumulate(sizes)]
     for i, n in enumerate(segments):
         if n < MIN_ENTRIES:
