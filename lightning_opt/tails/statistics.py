@@ -134,9 +134,9 @@ class Workspace:
     """Buffers that the CPU path reuses from one call to the next.
 
     A caller that computes statistics again and again (the monitor, every N steps) passes one to
-    :func:`layerwise_tail_statistics`: its large temporaries are then allocated once instead of at every
-    call, which spares the allocator's trimming of freed memory and the page faults of fresh memory that
-    otherwise slow down the training step after each logged step. Not thread-safe.
+    :func:`layerwise_tail_statistics`: its temporaries of the total size (float64 deviations and their
+    squares, sorted magnitudes, the concatenated input) are then allocated once, not at every call.
+    Not thread-safe.
     """
 
     def __init__(self) -> None:
@@ -316,6 +316,12 @@ def tail_statistics(values: torch.Tensor, max_elements: int | None = None) -> di
         nan
         >>> tail_statistics(torch.tensor([]))["kurtosis"]
         nan
+
+    References:
+        B. M. Hill, "A Simple General Approach to Inference About the Tail of a Distribution",
+        Ann. Statist. 3(5), 1975 (``hill_alpha``). U. Simsekli, L. Sagun, M. Gurbuzbalaban, "A Tail-Index
+        Analysis of Stochastic Gradient Noise in Deep Neural Networks", arXiv:1901.06053, 2019 (why the
+        tails of gradient noise matter).
     """
     sample = strided_subsample(values.detach(), max_elements)
     row = batched_tail_statistics([sample])[0].tolist()
