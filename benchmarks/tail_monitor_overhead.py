@@ -5,7 +5,8 @@ AdaLo with ``LossFeeder``, ``deterministic=True``, ``log_every_n_steps=10``, a `
 and default checkpointing into a temporary directory, one CPU thread), without the console progress bar
 and model summary, trained for ``--epochs`` epochs: without the monitor, with ``GradientTailMonitor()``
 at its defaults (statistics every 10 optimizer steps, histograms every 200) and, for information, with
-histograms at every logged step too.
+histograms at every logged step too; the baseline also runs twice per round, as two variants, so that
+the table shows how far identical runs land apart on the machine at hand (the noise floor).
 
 Each round trains every variant once, in an order rotated from round to round, after one untimed
 warm-up run. The overhead of a variant is the median over rounds of its time over the baseline's in the
@@ -52,6 +53,8 @@ BATCHES_PER_EPOCH = -(-1437 // 32)  # 1437 training images, batch 32
 
 VARIANTS: dict[str, dict[str, Any] | None] = {
     "baseline": None,
+    # The baseline again, as a separate variant: how far two identical configurations land apart (noise).
+    "baseline (again)": None,
     "GradientTailMonitor()": {},
     # For information: histograms at every logged step, as GradientTailMonitor(every_n_steps=10) writes them.
     f"GradientTailMonitor(histogram_every_n_steps={LOG_EVERY_N_STEPS})": {"histogram_every_n_steps": LOG_EVERY_N_STEPS},
