@@ -291,7 +291,11 @@ def test_every_logger_is_served(tmp_path: Path) -> None:
 def test_filter_and_histogram_cap(tmp_path: Path) -> None:
     module = KnownGradients()
     monitor = GradientTailMonitor(
-        every_n_steps=2, include=["weight", "bias", "unused"], exclude="unu*", max_histograms=1, log_param_histograms=False
+        every_n_steps=2,
+        include=["weight", "bias", "unused"],
+        exclude="unu*",
+        max_histograms=1,
+        log_param_histograms=False,
     )
     trainer = fit(module, monitor, tmp_path, max_steps=2)
     accumulator = read_events(trainer)
@@ -396,7 +400,9 @@ def test_patterns_from_a_config_file() -> None:
 
     parser = ArgumentParser()
     parser.add_class_arguments(GradientTailMonitor, "monitor")
-    config = parser.parse_string("monitor:\n  include: [net.*.weight, '*.bias']\n  exclude: net.0.*\n  every_n_steps: 5\n")
+    config = parser.parse_string(
+        "monitor:\n  include: [net.*.weight, '*.bias']\n  exclude: net.0.*\n  every_n_steps: 5\n"
+    )
     monitor = parser.instantiate(config).monitor
     assert monitor.include == ("net.*.weight", "*.bias") and monitor.exclude == ("net.0.*",)
     assert monitor.every_n_steps == 5
