@@ -130,8 +130,8 @@ def nearest_step(available: Sequence[int], wanted: int) -> int:
 def default_steps(run_steps: Sequence[int], count: int = 3) -> list[int]:
     """``count`` logged steps spread evenly from the first to the last.
 
-    >>> default_steps(list(range(0, 100, 10)))
-    [0, 50, 90]
+    >>> default_steps(list(range(0, 101, 10)))
+    [0, 50, 100]
     """
     if not run_steps:
         return []
