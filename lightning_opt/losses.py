@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from lightning_opt.validation import check_float
+from lightning_opt.validation import check_bool, check_float
 
 __all__ = ["DEFAULT_MIN_TEMPERATURE", "soft_median"]
 
@@ -81,11 +81,8 @@ def soft_median(
     if not losses.is_floating_point():
         raise ValueError(f"Invalid losses: a tensor of dtype {losses.dtype} (expected a floating-point tensor)")
     if temperature is not None:
-        if isinstance(temperature, (str, bytes)):  # float("0.5") would accept it
-            raise ValueError(f"Invalid temperature: {temperature!r} (expected a real number)")
         temperature = check_float("temperature", temperature, low=0.0, low_inclusive=False)
-    if not isinstance(keepdim, bool):
-        raise ValueError(f"Invalid keepdim: {keepdim!r} (expected True or False)")
+    check_bool("keepdim", keepdim)
     if keepdim and dim is None:
         raise ValueError("Invalid keepdim: True (needs dim; dim=None reduces every element to one value)")
 
