@@ -34,6 +34,7 @@ from lightning_opt.transforms.gradient import (
     SOFT_CLIP_EPS,
     adaptive_clip_scale,
     centralize_,
+    scale_units_,
     soft_clip_scale,
 )
 from lightning_opt.validation import check_bool, check_float
@@ -131,7 +132,7 @@ class SoftClip(GradientTransformCallback):
     @override
     def transform_(self, grad: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
         scale = soft_clip_scale(grad, param, self.eps)
-        grad.mul_(scale.to(grad.dtype))
+        scale_units_(grad, scale)
         return scale < 1
 
 
@@ -206,5 +207,5 @@ class AdaptiveGradientClipping(GradientTransformCallback):
     @override
     def transform_(self, grad: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
         scale = adaptive_clip_scale(grad, param, self.clipping, self.eps)
-        grad.mul_(scale.to(grad.dtype))
+        scale_units_(grad, scale)
         return scale < 1

@@ -112,7 +112,13 @@ def soft_clip(grad: torch.Tensor, param: torch.Tensor, eps: Scalar = SOFT_CLIP_E
 
 def soft_clip_(grad: torch.Tensor, param: torch.Tensor, eps: Scalar = SOFT_CLIP_EPS) -> torch.Tensor:
     """In-place :func:`soft_clip`; returns ``grad``."""
-    return grad.mul_(soft_clip_scale(grad, param, eps).to(grad.dtype))
+    return scale_units_(grad, soft_clip_scale(grad, param, eps))
+
+
+def scale_units_(grad: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Multiply each output unit of ``grad`` in place by its factor in ``scale`` (kept dimensions, any
+    float dtype, as the ``*_scale`` functions return it); returns ``grad``."""
+    return grad.mul_(scale.to(grad.dtype))
 
 
 # --------------------------------------------------------------------------- gradient centralisation
@@ -195,7 +201,7 @@ def adaptive_clip_(
     grad: torch.Tensor, param: torch.Tensor, clipping: Scalar = AGC_CLIPPING, eps: Scalar = AGC_EPS
 ) -> torch.Tensor:
     """In-place :func:`adaptive_clip`; returns ``grad``."""
-    return grad.mul_(adaptive_clip_scale(grad, param, clipping, eps).to(grad.dtype))
+    return scale_units_(grad, adaptive_clip_scale(grad, param, clipping, eps))
 
 
 def _accumulation_dtype(tensor: torch.Tensor) -> torch.dtype:
