@@ -352,7 +352,7 @@ def batched_tail_statistics(segments: Sequence[torch.Tensor]) -> torch.Tensor:
         (torch.Size([2, 4]), -1.2, True)
     """
     if segments and segments[0].device.type in ("cpu", "mps"):
-        rows = _cpu_rows([s.detach() for s in segments], whole=False)
+        rows, _ = _cpu_rows([s.detach() for s in segments], whole=False)
         return torch.tensor(rows, dtype=torch.float64).reshape(len(rows), len(STATISTICS))
     return _sorted_batched_statistics(segments)
 
@@ -402,31 +402,28 @@ def _layerwise_rows_cpu(
 ) -> tuple[list[list[float]], int] | None:
     """The common case of :func:`layerwise_tail_statistics` as plain Python lists (what the monitor logs):
     tensors on the CPU (or MPS), all of them within the cap. ``None`` otherwise."""
-    sizes = [t.numel() for t in tensors]
-    if tensors[0].device.type not in ("cpu", "mps") or (max_elements is not None and sum(sizes) > max_elements):
+    if tensors[0].device.type not in ("cpu", "mps") or (
+        max_elements is not None and sum(t.numel() for t in tensors) > max_elements
+    ):
         return None
+    return _cpu_rows(tensors, whole=True, workspace=workspace)
+
+
+def _cpu_rows(
+    tensors: Sequence[torch.Tensor], whole: bool, workspace: Workspace | None = None
+) -> tuple[list[list[float]], int]:
+    """Rows for each tensor (and, with ``whole``, their concatenation) on the CPU, non-finite entries
+    dropped, and how many entries were not finite."""
+    sizes = [t.numel() for t in tensors]
     values = _flat_numpy(tensors, workspace)
-    rows = _numpy_rows(values, sizes, whole=True, workspace=workspace)
-    if rows is not None:
+    rows = _numpy_rows(values, sizes, whole, workspace)
+    if rows is not None:  # every entry finite
         return rows, 0
-    finite = np.isfinite(values)
     starts = [0, *accumulate(sizes)]
     rows = [_numpy_statistics(values[starts[i] : starts[i + 1]]) for i in range(len(sizes))]
-    rows.append(_numpy_statistics(values))
-    return rows, values.size - int(np.count_nonzero(finite))
-
-
-def _cpu_rows(tensors: Sequence[torch.Tensor], whole: bool) -> list[list[float]]:
-    """Rows for each tensor (and, with ``whole``, their concatenation) on the CPU, non-finite entries dropped."""
-    sizes = [t.numel() for t in tensors]
-    values = _flat_numpy(tensors)
-    rows = _numpy_rows(values, sizes, whole)
-    if rows is None:
-        starts = [0, *accumulate(sizes)]
-        rows = [_numpy_statistics(values[starts[i] : starts[i + 1]]) for i in range(len(sizes))]
-        if whole:
-            rows.append(_numpy_statistics(values))
-    return rows
+    if whole:
+        rows.append(_numpy_statistics(values))
+    return rows, values.size - int(np.count_nonzero(np.isfinite(values)))
 
 
 def _flat_numpy(tensors: Sequence[torch.Tensor], workspace: Workspace | None = None) -> np.ndarray:
