@@ -212,8 +212,9 @@ class BaseOptimizer(torch.optim.Optimizer):
         self, index: int, device: torch.device, dtype: torch.dtype, bucket: Bucket, transforms: tuple[str, ...]
     ) -> list[Callable[..., Any] | None] | None:
         """One compiled runner per phase for this exact set of tensors (``None`` for a phase whose compile
-        failed: it runs eagerly), or ``None`` (run eagerly) once the bucket has ``max_compiled_layouts`` of them. Keying by the set, rather than recompiling one
-        function, keeps dynamo's recompile limit (a hard error under ``fullgraph=True``) out of reach."""
+        failed: it runs eagerly), or ``None`` (run eagerly) once the bucket has ``max_compiled_layouts`` of
+        them. Keying by the set, rather than recompiling one function, keeps dynamo's recompile limit (a
+        hard error under ``fullgraph=True``) out of reach."""
         layouts = self._compiled_runners.setdefault((index, device, dtype), {})
         signature = (transforms, *(id(p) for p in bucket.params))
         runners = layouts.get(signature)
