@@ -45,7 +45,7 @@ from common import machine_info, markdown_table, timed, write_json  # noqa: E402
 
 from lightning_opt import LossFeeder  # noqa: E402
 from lightning_opt.callbacks.tail_monitor import GradientTailMonitor  # noqa: E402
-from recipes.digits import DigitsClassifier, DigitsDataModule  # noqa: E402
+from lightning_opt.recipes.digits import DigitsClassifier, DigitsDataModule  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "tail_monitor_overhead.json"
 LOG_EVERY_N_STEPS = 10  # configs/digits.yaml

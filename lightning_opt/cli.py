@@ -1,6 +1,6 @@
 """``lightning-opt``: LightningCLI with every optimizer of the package resolvable by its short name.
 
-The model and datamodule default to the digits recipe (:mod:`recipes.digits`) but any
+The model and datamodule default to the digits recipe (:mod:`lightning_opt.recipes.digits`) but any
 ``LightningModule`` / ``LightningDataModule`` can be given by class path. Besides LightningCLI's own
 subcommands (``fit``, ``validate``, ``test``, ``predict``) there is ``lightning-opt optimizers``, which
 lists the registry, and ``lightning-opt tails LOGDIR...``, the gradient-tail report of logged runs
@@ -31,13 +31,13 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
 import lightning_opt  # noqa: F401  (makes AdaLo, NSGDA, AdamAtan2... resolvable by short name)
-import recipes.digits  # noqa: F401  (makes DigitsClassifier / DigitsDataModule resolvable by short name)
+import lightning_opt.recipes.digits  # noqa: F401  (makes DigitsClassifier / DigitsDataModule resolvable by short name)
 from lightning_opt.registry import REGISTRY, OptimizerSpec
 
-DEFAULT_MODEL = "recipes.digits.DigitsClassifier"
+DEFAULT_MODEL = "lightning_opt.recipes.digits.DigitsClassifier"
 """The model used when neither the config nor the command line names one."""
 
-DEFAULT_DATA = "recipes.digits.DigitsDataModule"
+DEFAULT_DATA = "lightning_opt.recipes.digits.DigitsDataModule"
 """The datamodule used when neither the config nor the command line names one."""
 
 OPTIMIZERS_COMMAND = "optimizers"

@@ -20,7 +20,7 @@ from lightning.pytorch.demos.boring_classes import BoringDataModule, BoringModel
 import lightning_opt  # before LightningCLI(...): makes the short names resolvable in a user's own CLI
 from lightning_opt import NSGDA, REGISTRY, AdaLo, AdamAtan2
 from lightning_opt.cli import LightningOptCLI, main
-from recipes.digits import DigitsClassifier, DigitsDataModule
+from lightning_opt.recipes.digits import DigitsClassifier, DigitsDataModule
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "digits.yaml"
 

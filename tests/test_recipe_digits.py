@@ -16,8 +16,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from lightning_opt import AdaLo, LossFeeder
 from lightning_opt.cli import LightningOptCLI
 from lightning_opt.factories import NORM_TYPES
-from recipes.digits import DigitsClassifier, DigitsDataModule
-from recipes.digits.data import load_digits_tensors
+from lightning_opt.recipes.digits import DigitsClassifier, DigitsDataModule
+from lightning_opt.recipes.digits.data import load_digits_tensors
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "digits.yaml"
 NUM_IMAGES = 1797

@@ -16,11 +16,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from lightning_opt import AdaLo
 from lightning_opt.cli import main
 from lightning_opt.factories import NORM_TYPES
-from recipes.digits import DigitsDataModule
-from recipes.digits_vae import DigitsVAE, bernoulli_reconstruction, kl_to_standard_normal
-from recipes.digits_vae.export_latents import export_last_image
-from recipes.digits_vae.export_latents import main as export_main
-from recipes.digits_vae.model import FIGURE_DPI, FIGURE_SIZE, LATENT_TAG
+from lightning_opt.recipes.digits import DigitsDataModule
+from lightning_opt.recipes.digits_vae import DigitsVAE, bernoulli_reconstruction, kl_to_standard_normal
+from lightning_opt.recipes.digits_vae.export_latents import export_last_image
+from lightning_opt.recipes.digits_vae.export_latents import main as export_main
+from lightning_opt.recipes.digits_vae.model import FIGURE_DPI, FIGURE_SIZE, LATENT_TAG
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 EPOCHS = 3

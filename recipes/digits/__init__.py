@@ -6,7 +6,7 @@ Example::
     lightning-opt fit --config configs/digits.yaml --optimizer AdamAtan2 --optimizer.lr 3e-3
 """
 
-from recipes.digits.data import DigitsDataModule
-from recipes.digits.model import DigitsClassifier
+from lightning_opt.recipes.digits.data import DigitsDataModule
+from lightning_opt.recipes.digits.model import DigitsClassifier
 
 __all__ = ["DigitsClassifier", "DigitsDataModule"]

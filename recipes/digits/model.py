@@ -10,7 +10,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
 from lightning_opt import AdaLo
-from recipes.digits.data import NUM_CLASSES, NUM_FEATURES
+from lightning_opt.recipes.digits.data import NUM_CLASSES, NUM_FEATURES
 
 
 class DigitsClassifier(pl.LightningModule):

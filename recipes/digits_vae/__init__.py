@@ -6,11 +6,16 @@ Example::
 
     lightning-opt fit --config configs/digits_vae_adalo.yaml   # AdaLo, fed by LossFeeder
     lightning-opt fit --config configs/digits_vae_adamw.yaml   # torch.optim.AdamW
-    python -m recipes.digits_vae.export_latents logs/digits_vae_adalo latent.png
+    python -m lightning_opt.recipes.digits_vae.export_latents logs/digits_vae_adalo latent.png
 """
 
-from recipes.digits.data import DigitsDataModule
-from recipes.digits_vae.model import DigitsVAE, bernoulli_reconstruction, kl_to_standard_normal, render_latent_scatter
+from lightning_opt.recipes.digits.data import DigitsDataModule
+from lightning_opt.recipes.digits_vae.model import (
+    DigitsVAE,
+    bernoulli_reconstruction,
+    kl_to_standard_normal,
+    render_latent_scatter,
+)
 
 __all__ = [
     "DigitsDataModule",

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m recipes.digits_vae.export_latents LOGDIR OUT.png [--tag latent/scatter]
+    python -m lightning_opt.recipes.digits_vae.export_latents LOGDIR OUT.png [--tag latent/scatter]
 
 ``LOGDIR`` is a run's version directory (``logs/digits_vae_adalo/version_0``) or any directory above it
 (``logs/digits_vae_adalo``): the directory holding the most recently written event file is used, so the
@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from recipes.digits_vae.model import LATENT_TAG
+from lightning_opt.recipes.digits_vae.model import LATENT_TAG
 
 SCALARS = ("val_recon", "val_kl", "val_loss")
 """The scalars whose last value is printed."""
@@ -70,7 +70,7 @@ def export_last_image(
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     parser = argparse.ArgumentParser(
-        prog="python -m recipes.digits_vae.export_latents", description=__doc__.split("\n")[0]
+        prog="python -m lightning_opt.recipes.digits_vae.export_latents", description=__doc__.split("\n")[0]
     )
     parser.add_argument("log_dir", help="a run's directory or a directory above it (the latest run is used)")
     parser.add_argument("out", help="the PNG file to write")

@@ -13,7 +13,7 @@ from torch import nn
 from typing_extensions import override
 
 from lightning_opt import AdaLo
-from recipes.digits.data import NUM_CLASSES, NUM_FEATURES
+from lightning_opt.recipes.digits.data import NUM_CLASSES, NUM_FEATURES
 
 LATENT_TAG = "latent/scatter"
 """TensorBoard image tag of the validation latent means, one image per validation epoch."""
