@@ -49,7 +49,7 @@ TAILS_COMMAND = "tails"
 DESCRIPTION = (
     "Train with post-Adam optimizers (--optimizer AdaLo, NSGDA, AdamAtan2...). "
     f"'lightning-opt {OPTIMIZERS_COMMAND}' lists them all; 'lightning-opt {TAILS_COMMAND} LOGDIR' reports "
-    "gradient tails logged by GradientTailMonitor."
+    "gradient tails logged by GradientTailMonitor. 'lightning-opt --version' prints the version."
 )
 
 
@@ -299,12 +299,24 @@ def main(args: Sequence[str] | None = None) -> int:
         0
     """
     argv = list(sys.argv[1:] if args is None else args)
+    if argv[:1] == ["--version"]:
+        from importlib.metadata import version
+
+        print(f"lightning-opt {version('lightning-opt')}")
+        return 0
     if argv[:1] == [OPTIMIZERS_COMMAND]:
         return _optimizers_command(argv[1:])
     if argv[:1] == [TAILS_COMMAND]:
         from lightning_opt.tails.command import run as tails_command
 
         return tails_command(argv[1:])
+    from lightning_opt.recipes import resolve_config_arguments
+
+    try:
+        argv = resolve_config_arguments(argv)  # --config digits: the config installed with the package
+    except ValueError as error:
+        print(f"lightning-opt: error: {error}", file=sys.stderr)
+        return 2
     if args is None:
         # LightningCLI reads sys.argv itself; passing args as well would make it warn about the mix.
         sys.argv[1:] = qualify_optimizer_names(argv)
