@@ -8,6 +8,11 @@ Example::
 
     lightning-opt tails logs/digits/version_0 logs/digits_softclip/version_0 --output tails.png
     lightning-opt tails logs/digits --steps 0 500 2500 --layer net.0.weight --sort-by kurtosis
+
+Every event file is checked first: one that is cut short or fails a checksum stops the command with status
+2 and a one-line message naming it (where it is damaged, how many records precede the damage), unless
+``--allow-damaged`` is given: then the records before the damage are reported, with a warning on stderr
+and a line under the run's table.
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ import sys
 from collections.abc import Sequence
 
 from lightning_opt.tails import tags
-from lightning_opt.tails.report import SORT_DIRECTION, format_table, load_runs, plot_distributions
+from lightning_opt.tails.event_files import DamagedEventFileError
+from lightning_opt.tails.report import SORT_DIRECTION, format_table, load_runs, plot_distributions, report_steps
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,28 +39,42 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--top", type=int, default=10, help="how many layers each table lists (default: 10)")
     parser.add_argument("--output", default="tails.png", help="where to write the PNG (default: tails.png)")
     parser.add_argument("--no-plot", action="store_true", help="print the tables only")
+    parser.add_argument(
+        "--allow-damaged",
+        action="store_true",
+        help="report what can be read from event files that are cut short or fail a checksum (the records "
+        "before the damage) instead of stopping with status 2",
+    )
     return parser
 
 
 def run(argv: Sequence[str]) -> int:
-    """Run the command; returns the exit status (2 for bad arguments or no tail logs found)."""
+    """Run the command; returns the exit status (2 for bad arguments, no tail logs found or a damaged event
+    file without ``--allow-damaged``)."""
     parser = build_parser()
     options = parser.parse_args(list(argv))
     if options.top < 1:
         parser.error(f"Invalid --top: {options.top} (expected a positive integer)")
     try:
-        runs = load_runs(options.logdirs)
+        runs = load_runs(options.logdirs, allow_damaged=options.allow_damaged)
     except FileNotFoundError as error:
         parser.error(str(error))
+    except DamagedEventFileError as error:  # one line: the usage is no help here
+        parser.exit(2, f"{parser.prog}: error: {error}; pass --allow-damaged to report the records read\n")
     if not runs:
         parser.error(
             f"no gradient-tail statistics under {' '.join(options.logdirs)}: train with "
             "lightning_opt.callbacks.GradientTailMonitor and a TensorBoardLogger first"
         )
-    for index, tail_run in enumerate(runs):
+    for tail_run in runs:
+        for check in tail_run.damaged:
+            print(f"{parser.prog}: warning: damaged event file {check.describe()}", file=sys.stderr)
+    # The same steps in the tables and in the picture.
+    chosen = report_steps(runs, options.steps, options.layer)
+    for index, (tail_run, steps) in enumerate(zip(runs, chosen)):
         if index:
             print()
-        print(format_table(tail_run, options.steps, options.sort_by, options.top))
+        print(format_table(tail_run, steps, options.sort_by, options.top, options.layer))
     if not options.no_plot:
         try:
             path = plot_distributions(runs, options.output, options.steps, options.layer)
