@@ -87,6 +87,12 @@ def test_version_prints_the_installed_distribution_version(capsys: pytest.Captur
     assert lightning_opt.__version__ == version("lightning-opt")
 
 
+def test_version_does_not_import_lightning() -> None:
+    script = "import sys; from lightning_opt.cli import main; main(['--version']); print('lightning' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout.splitlines() == [f"lightning-opt {version('lightning-opt')}", "False"]
+
+
 def test_config_names_are_the_yaml_files_of_the_configs_folder() -> None:
     assert CONFIG_DIR == ROOT / "configs"  # the editable install of a checkout reads the checkout's configs/
     files = CONFIG_DIR.rglob("*.yaml")
