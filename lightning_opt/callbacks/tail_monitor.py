@@ -21,7 +21,13 @@ from lightning_opt.tails import tags
 from lightning_opt.tails.statistics import Workspace, _layerwise_rows_cpu, layerwise_tail_statistics
 from lightning_opt.validation import check_bool, check_positive_int
 
-__all__ = ["HISTOGRAM_INTERVAL_FACTOR", "LOG10_ABS_BUCKET_LIMITS", "LOG10_ABS_RANGE", "GradientTailMonitor"]
+__all__ = [
+    "HISTOGRAM_INTERVAL_FACTOR",
+    "LOG10_ABS_BUCKET_LIMITS",
+    "LOG10_ABS_RANGE",
+    "MAX_HISTOGRAM_BINS",
+    "GradientTailMonitor",
+]
 
 LOG10_ABS_RANGE: tuple[float, float] = (-10.0, 1.0)
 """The range of the fixed ``log10 |g|`` histograms: ``|g|`` from ``1e-10`` to ``10``."""
@@ -39,7 +45,12 @@ every run, so that histograms compare bucket by bucket and per-layer counts add 
 HISTOGRAM_INTERVAL_FACTOR = 20
 """Without ``every_n_steps`` nor ``histogram_every_n_steps``, histograms are written every
 ``HISTOGRAM_INTERVAL_FACTOR * trainer.log_every_n_steps`` optimizer steps (statistics every
-``log_every_n_steps``)."""
+``log_every_n_steps``), and at the first logged step."""
+
+MAX_HISTOGRAM_BINS = 1024
+"""The most buckets a ``param/`` or ``grad/`` histogram may have. TensorBoard redraws a histogram in about 30
+buckets; each bucket is built and checksummed in Python at every histogram step (``histogram_bins=10**7``
+took 17 s and 3 GB per step on a 2,080-parameter model)."""
 
 _CHUNK_ELEMENTS = 2**22
 """The ``log10 |g|`` pass handles the gradients in groups of at most this many entries (bounds its memory)."""
@@ -61,7 +72,9 @@ class GradientTailMonitor(Callback):
       ``|g|``, Hill's tail index, share of ``sum(g**2)`` in the largest 1%: see
       :mod:`lightning_opt.tails.statistics`; NaN where undefined), and ``grad_tail_nonfinite/model``, how
       many watched gradient entries are inf or NaN;
-    - histograms, to TensorBoard loggers only, every ``histogram_every_n_steps`` steps, for the first
+    - histograms, to TensorBoard loggers only, at the first logged step (optimizer step ``every_n_steps``,
+      so that even a short run has a picture of its early gradients) and every ``histogram_every_n_steps``
+      steps, for the first
       ``max_histograms`` watched parameters in module order: ``param/<name>`` (the values, if
       ``log_param_histograms``), ``grad/<name>`` (the gradient; ``histogram_bins`` equal buckets between
       each tensor's min and max), and ``grad_log10_abs/<name>``, ``log10 |g|`` in fixed 0.1-decade
@@ -72,7 +85,8 @@ class GradientTailMonitor(Callback):
       ``sum_squares`` use bucket centres.
 
     Non-finite gradient entries are counted and left out of every statistic and histogram. Parameters
-    whose ``grad`` is ``None`` or sparse, or that the stepping optimizer does not hold, are skipped.
+    whose ``grad`` is ``None`` or sparse, or that the stepping optimizer does not hold, are skipped; so are
+    parameters (or gradients) on the ``meta`` device, which hold no values, with one warning naming them.
     Without a logger the callback warns once and does nothing.
 
     Cost: nothing happens between logged steps. At a logged step the statistics of all watched tensors
@@ -87,17 +101,23 @@ class GradientTailMonitor(Callback):
     Args:
         every_n_steps: log the statistics every this many optimizer steps; ``None`` uses the Trainer's
             ``log_every_n_steps``.
-        histogram_every_n_steps: write histograms every this many optimizer steps; ``None`` uses
-            ``every_n_steps`` if that is given, else ``HISTOGRAM_INTERVAL_FACTOR * log_every_n_steps``
-            (20x the Trainer's cadence, which is meant for cheap scalars).
+        histogram_every_n_steps: write histograms every this many optimizer steps (and at the first logged
+            step); ``None`` uses ``every_n_steps`` if that is given, else ``HISTOGRAM_INTERVAL_FACTOR *
+            log_every_n_steps`` (20x the Trainer's cadence, which is meant for cheap scalars).
         include: ``fnmatch`` pattern(s) on parameter names (as in ``named_parameters()``, e.g.
             ``"net.*.weight"``); only matching parameters are watched. ``None`` watches all.
         exclude: pattern(s) of parameters not to watch, applied after ``include``.
         max_histograms: per-parameter histograms are written for at most this many watched parameters
             (the first in module order); statistics and the whole-model histogram still cover all of them.
         log_param_histograms: also write histograms of the parameter values.
-        histogram_bins: buckets of the ``param/`` and ``grad/`` histograms.
-        max_elements: statistics of a tensor with more entries use a strided subsample of this size.
+        histogram_bins: buckets of the ``param/`` and ``grad/`` histograms, at most
+            :data:`MAX_HISTOGRAM_BINS`.
+        max_elements: statistics of a tensor with more entries use a strided subsample of this size (at
+            least 1000).
+
+    Raises:
+        ValueError: an argument has the wrong type or is out of range; the message names the argument, the
+            value and the bound.
 
     Example::
 
@@ -134,6 +154,12 @@ class GradientTailMonitor(Callback):
         self.max_histograms = max_histograms
         self.log_param_histograms = check_bool("log_param_histograms", log_param_histograms)
         self.histogram_bins = check_positive_int("histogram_bins", histogram_bins)
+        if histogram_bins > MAX_HISTOGRAM_BINS:
+            raise ValueError(
+                f"Invalid histogram_bins: {histogram_bins!r} (expected an integer from 1 to {MAX_HISTOGRAM_BINS}: "
+                "TensorBoard redraws a histogram in about 30 buckets, and every bucket costs time and memory at "
+                "each histogram step)"
+            )
         if check_positive_int("max_elements", max_elements) < 1000:
             raise ValueError(
                 f"Invalid max_elements: {max_elements!r} (expected an integer >= 1000: a smaller sample leaves "
@@ -145,6 +171,7 @@ class GradientTailMonitor(Callback):
         self._watched: list[tuple[str, torch.nn.Parameter]] = []
         self._tags: dict[str, list[str]] = {}  # layer name -> its statistic tags, in STATISTICS order
         self._workspace = Workspace()  # CPU buffers reused from one logged step to the next
+        self._warned_meta = False
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -187,7 +214,11 @@ class GradientTailMonitor(Callback):
     ) -> None:
         step = trainer.global_step  # optimizer steps already taken: this one is number step + 1
         scalars = bool(self._interval) and (step + 1) % self._interval == 0
-        histograms = bool(self._histogram_interval) and (step + 1) % self._histogram_interval == 0
+        # Histograms also at the first logged step: a run shorter than the histogram cadence still gets one.
+        first = self._interval or self._histogram_interval
+        histograms = bool(self._histogram_interval) and (
+            (step + 1) % self._histogram_interval == 0 or step + 1 == first
+        )
         if not (scalars or histograms) or not trainer.is_global_zero:
             return
         in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
@@ -196,8 +227,24 @@ class GradientTailMonitor(Callback):
             for name, p in self._watched
             if p.grad is not None and not p.grad.is_sparse and id(p) in in_optimizer
         ]
+        watched = self._without_meta(watched)
         if watched:
             self._log(trainer, watched, step, scalars, histograms)
+
+    def _without_meta(self, watched: list[tuple[str, torch.nn.Parameter]]) -> list[tuple[str, torch.nn.Parameter]]:
+        """``watched`` without parameters whose values or gradient live on the ``meta`` device (no data to
+        read); the first time there are some, one warning names them."""
+        kept = [(name, p) for name, p in watched if not (p.is_meta or p.grad.is_meta)]  # type: ignore[union-attr]
+        if len(kept) < len(watched) and not self._warned_meta:
+            self._warned_meta = True
+            meta = [name for name, p in watched if p.is_meta or p.grad.is_meta]  # type: ignore[union-attr]
+            shown = ", ".join(meta[:5]) + (f" and {len(meta) - 5} more" if len(meta) > 5 else "")
+            rank_zero_warn(
+                f"GradientTailMonitor skips {len(meta)} parameter(s) on the meta device, which hold no values "
+                f"(not counted in the whole-model statistics): {shown}. Materialize them (e.g. "
+                "module.to_empty(device=...) and initialize) or exclude them with GradientTailMonitor(exclude=...)."
+            )
+        return kept
 
     def _statistic_tags(self, name: str) -> list[str]:
         if name not in self._tags:
