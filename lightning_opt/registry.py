@@ -49,11 +49,14 @@ _COMMON_INVALID: tuple[tuple[dict[str, Any], str], ...] = (
     ({"lr": -1.0}, "lr"),
     ({"lr": float("nan")}, "lr"),
     ({"lr": "0.1"}, "lr"),  # a string is not a number, even one float() accepts
+    ({"lr": 10**400}, "lr"),  # an int too large for a float: not OverflowError
     ({"weight_decay": -0.1}, "weight_decay"),
     ({"compile": "yes"}, "compile"),
     ({"grad_transforms": ("clip",)}, "grad_transforms"),
     ({"grad_transforms": ("soft_clip", "soft_clip")}, "grad_transforms"),
+    ({"grad_transforms": [["soft_clip"]]}, "grad_transforms"),  # not a TypeError that names nothing
     ({"agc_clipping": 0.0}, "agc_clipping"),
+    ({"agc_clipping": 3.5e38}, "agc_clipping"),  # beyond float32, the precision of the norms it scales
 )
 
 REGISTRY: dict[str, OptimizerSpec] = {
@@ -66,7 +69,7 @@ REGISTRY: dict[str, OptimizerSpec] = {
             test_kwargs=(
                 {},
                 {"mode": "compliant", "kappa": 2.0, "betas": (0.8, 0.9), "weight_decay": 0.1},
-                {"weight_decay": 0.0, "eps": 1e-3},
+                {"weight_decay": 0.0, "eps": 1e-3, "lr": 0.5},  # the eps floor acts, and lr scales it too
                 {"grad_transforms": ("centralize", "soft_clip")},
             ),
             invalid_kwargs=_COMMON_INVALID
@@ -77,6 +80,12 @@ REGISTRY: dict[str, OptimizerSpec] = {
                 ({"kappa": 0.0}, "kappa"),
                 ({"eps": -1e-8}, "eps"),
                 ({"mode": "aggressive"}, "mode"),
+                # Legal numbers that cannot train (bounds in AdaLo's docstring and lightning_opt.validation):
+                ({"kappa": 1e-320}, "kappa"),  # 1 / kappa is not a step size
+                ({"lr": 1e8}, "lr"),  # the largest step size lr / kappa beyond 2**24
+                ({"eps": 6557}, "eps"),  # a floor above every loss-driven step
+                ({"eps": 0.2}, "eps"),  # above 1 / (2 * kappa) = 1/6 already
+                ({"weight_decay": 3.97e6}, "weight_decay"),  # decay factor 1 - lr / kappa * weight_decay < 0
             ),
             state_buffers=1,
             memory_accesses=5,
@@ -100,6 +109,8 @@ REGISTRY: dict[str, OptimizerSpec] = {
                 ({"momentum": -0.1}, "momentum"),
                 ({"eps": -1.0}, "eps"),
                 ({"eps": 0.0}, "eps"),
+                ({"lr": 1.5e16}, "lr"),  # a tensor moves by lr: beyond 2**24
+                ({"eps": 3.5e38}, "eps"),  # beyond float32
             ),
             state_buffers=1,
             memory_accesses=7,
@@ -128,6 +139,10 @@ REGISTRY: dict[str, OptimizerSpec] = {
                 ({"cautious": 1}, "cautious"),
                 ({"nesterov": "true"}, "nesterov"),
                 ({"cautious_weight_decay": None}, "cautious_weight_decay"),
+                ({"lr": 1e300}, "lr"),  # lr * a * pi / 2 beyond 2**24 (and beyond float32)
+                ({"lr": 1e7}, "lr"),  # lr * a * pi / 2 = 2e7, beyond 2**24
+                ({"a": 1e39}, "a"),  # beyond float32
+                ({"lr": 1.0, "weight_decay": 2.0}, "weight_decay"),  # decay factor 1 - lr * weight_decay < 0
             ),
             state_buffers=2,
             memory_accesses=7,

@@ -290,19 +290,20 @@ def seed_loss_transform(loss: float) -> float:
 
 class AdaLoReference(Reference):
     r"""AdaLo, per group once per step: ell = b2 ell + (1-b2) T(L) (ell starts at 0; no loss: unchanged);
-    lr_t = max(ell / kappa, eps) ("adversarial") or max((1 - ell) / kappa, eps) ("compliant");
-    per tensor: m = b1 m + (1-b1) g;  p = p (1 - lr_t wd) - lr_t m.  ``lr`` is not used."""
+    lr_t = lr * max(ell / kappa, eps) ("adversarial") or lr * max((1 - ell) / kappa, eps) ("compliant");
+    per tensor: m = b1 m + (1-b1) g;  p = p (1 - lr_t wd) - lr_t m.  ``lr`` multiplies the whole step."""
 
     name = "AdaLo"
     defaults = {
-        "lr": 1e-8,
+        "lr": 1.0,
         "betas": (0.9, 0.999),
         "weight_decay": 1e-2,
         "kappa": 3.0,
         "eps": 1e-8,
         "mode": "adversarial",
+        "lr_scales_step": True,  # False only for groups loaded from a checkpoint in which lr was not used
     }
-    mutations = ("no_decay", "loss_average_after_step", "loss_transform_1_over_1_plus_l", "lr_used")
+    mutations = ("no_decay", "loss_average_after_step", "loss_transform_1_over_1_plus_l", "lr_ignored", "lr_inside_max")
     loss_driven = True
 
     def init_group_state(self, group):
@@ -324,9 +325,12 @@ class AdaLoReference(Reference):
                 group_state["loss_count"] += 1
             ell = old_average if self.mutation == "loss_average_after_step" else group_state["loss_average"]
             scaled = ell if group["mode"] == "adversarial" else 1.0 - ell
-            step_size = max(scaled / group["kappa"], group["eps"])
-            if self.mutation == "lr_used":
-                step_size *= group["lr"] / 1e-3
+            if self.mutation == "lr_ignored" or not group["lr_scales_step"]:
+                step_size = max(scaled / group["kappa"], group["eps"])
+            elif self.mutation == "lr_inside_max":  # the eps floor not scaled by lr
+                step_size = max(group["lr"] * scaled / group["kappa"], group["eps"])
+            else:
+                step_size = group["lr"] * max(scaled / group["kappa"], group["eps"])
             group_state["step_size"] = step_size
 
     def update(self, p, g, state, group, group_state):

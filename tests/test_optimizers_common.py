@@ -240,7 +240,9 @@ def test_registry_entry_is_consistent(name):
     hyperparameters = spec.cls([torch.nn.Parameter(torch.zeros(1))]).defaults
     assert set(hyperparameters) == set(REFERENCES[name].all_defaults())
     signature = inspect.signature(spec.cls).parameters
-    assert {key: signature[key].default for key in hyperparameters} == REFERENCES[name].all_defaults()
+    markers = {"lr_scales_step"}  # AdaLo's group marker: set by the optimizer, not an argument
+    arguments = {key: signature[key].default for key in hyperparameters if key not in markers}
+    assert arguments == {k: v for k, v in REFERENCES[name].all_defaults().items() if k not in markers}
     for kwargs in spec.test_kwargs:  # every test keyword is known to the reference (raises TypeError if not)
         REFERENCES[name]([torch.zeros(1)], **kwargs)
 
@@ -287,7 +289,8 @@ MUTANTS = [
     ("AdaLo", {}, "no_decay", F32),
     ("AdaLo", {}, "loss_average_after_step", F32),
     ("AdaLo", {}, "loss_transform_1_over_1_plus_l", F32),
-    ("AdaLo", {"lr": 0.5}, "lr_used", F32),
+    ("AdaLo", {"lr": 0.5}, "lr_ignored", F32),
+    ("AdaLo", {"lr": 0.5, "eps": 1e-3, "weight_decay": 0.0}, "lr_inside_max", F32),
     ("AdamAtan2", {"grad_transforms": ("centralize", "adaptive_clip"), "agc_clipping": 0.05}, "transforms_reversed", F32),
     ("AdamAtan2", {"grad_transforms": ("centralize",)}, "gc_on_vectors", F32),
     ("NSGDA", {"lr": 1e-2, "grad_transforms": ("centralize",)}, "gc_global_mean", F32),
@@ -763,12 +766,86 @@ def test_adalo_non_finite_loss_keeps_the_loss_average_and_warns(bad_loss):
 
 
 @needs_adalo
-def test_adalo_first_loss_non_finite_still_has_no_loss():
+@pytest.mark.parametrize("skip_nonfinite", [False, True])
+@pytest.mark.parametrize("bad_loss", [float("nan"), float("inf")])
+def test_adalo_first_loss_non_finite_leaves_the_parameters_alone_and_training_goes_on(bad_loss, skip_nonfinite):
+    """No step size exists before the first finite loss: that step leaves parameters, momentum and step counts
+    as they are (as for a parameter without a gradient), with a warning naming the loss; training goes on
+    exactly as if the bad step had not happened."""
+    optimizer, params = _adalo(skip_nonfinite=skip_nonfinite)
+    reference = REFERENCES["AdaLo"]([p.detach() for p in params])
+    before = [p.detach().clone() for p in params]
+    grads = [torch.randn(p.shape) for p in params]
+    for p, g in zip(params, grads):
+        p.grad = g.clone()
+    with pytest.warns(UserWarning, match=rf"non-finite loss \({bad_loss}\).*left untouched"):
+        optimizer.step(loss=bad_loss)
+    assert all(torch.equal(p, b) for p, b in zip(params, before))
+    assert all(len(optimizer.state.get(p, {})) == 0 for p in params)  # no momentum, no step count
+    assert all(torch.equal(p.grad, g) for p, g in zip(params, grads))  # p.grad itself is not touched
+    assert optimizer.param_groups[0]["loss_count"] == 0 and optimizer.last_step_sizes == [None]
+    for step in range(1, 4):
+        grads = [torch.randn(p.shape, dtype=F64) for p in params]
+        for p, g in zip(params, grads):
+            p.grad = g.float()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            optimizer.step(loss=loss_at(step))
+        reference.step([[g.float() for g in grads]], loss=loss_at(step))
+        assert_params_match([params], reference, TOL[F32], f"step {step}:")
+        assert optimizer.last_step_sizes == [pytest.approx(reference.group_state[0]["step_size"], rel=1e-12)]
+
+
+@needs_adalo
+def test_adalo_non_finite_loss_skips_only_the_groups_without_a_step_size():
+    """A group added after training began has no step size yet; a non-finite loss leaves it alone while the
+    other group steps with the step size it already has."""
     optimizer, params = _adalo()
     for p in params:
         p.grad = torch.ones_like(p)
-    with pytest.warns(UserWarning, match="non-finite"), pytest.raises(RuntimeError, match="no training loss"):
+    optimizer.step(loss=0.5)
+    late = torch.nn.Parameter(torch.randn(3))
+    optimizer.add_param_group({"params": [late]})
+    late.grad = torch.ones_like(late)
+    late_before, old_before = late.detach().clone(), params[0].detach().clone()
+    with pytest.warns(UserWarning, match=r"parameter group\(s\) \[1\] are left untouched"):
         optimizer.step(loss=float("nan"))
+    assert torch.equal(late, late_before) and not torch.equal(params[0], old_before)
+    assert optimizer.last_step_sizes == [optimizer.step_size(optimizer.param_groups[0]), None]
+
+
+@needs_adalo
+def test_adalo_non_finite_first_loss_in_a_real_trainer():
+    """The first training loss is NaN (skip_nonfinite=True, LossFeeder): a warning, and training goes on."""
+    import lightning.pytorch as pl
+
+    from lightning_opt import LossFeeder
+
+    class FirstLossNaN(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.layer = torch.nn.Linear(4, 1)
+
+        def training_step(self, batch, batch_idx):
+            loss = (self.layer(batch[0]) - batch[1]).square().mean()
+            return loss * float("nan") if self.global_step == 0 else loss
+
+        def configure_optimizers(self):
+            return REGISTRY["AdaLo"].cls(self.parameters(), skip_nonfinite=True)
+
+    data = torch.utils.data.TensorDataset(torch.randn(32, 4), torch.randn(32, 1))
+    module = FirstLossNaN()
+    initial = [p.detach().clone() for p in module.parameters()]
+    trainer = pl.Trainer(
+        max_steps=4, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[LossFeeder()],
+    )
+    with pytest.warns(UserWarning, match=r"non-finite loss \(nan\)"):
+        trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=8))
+    assert trainer.global_step == 4
+    assert all(p.isfinite().all() for p in module.parameters())
+    assert not any(torch.equal(p, q) for p, q in zip(module.parameters(), initial))
 
 
 @needs_adalo
@@ -845,17 +922,131 @@ def test_adalo_step_without_a_new_loss_keeps_the_average():
 
 
 @needs_adalo
-def test_adalo_ignores_lr_and_group_without_grads_needs_no_loss():
-    runs = []
-    for lr in (1e-8, 1.0):
+def test_adalo_lr_multiplies_the_step_and_schedulers_act_on_it():
+    """lr = 1 is the published method; a scheduler's lr scales every step, eps floor included."""
+    runs = {}
+    for lr, schedule in ((1.0, None), (0.5, None), (1.0, "halve")):
         torch.manual_seed(0)
-        optimizer, params = _adalo(lr=lr)
-        for step in range(3):
-            for p in params:
-                p.grad = torch.randn_like(p)
+        optimizer, params = _adalo(lr=lr, eps=1e-3)
+        scheduler = None if schedule is None else torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: 0.5)
+        effective_lr = 0.5 if schedule or lr != 1.0 else 1.0
+        reference = REFERENCES["AdaLo"]([p.detach() for p in params], lr=effective_lr, eps=1e-3)
+        for step in range(4):
+            grads = [torch.randn(p.shape, dtype=F64) for p in params]
+            for p, g in zip(params, grads):
+                p.grad = g.float()
             optimizer.step(loss=loss_at(step))
-        runs.append(params)
-    assert all(torch.equal(a, b) for a, b in zip(*runs))
+            reference.step([[g.float() for g in grads]], loss=loss_at(step))
+            assert optimizer.last_step_sizes == [pytest.approx(reference.group_state[0]["step_size"], rel=1e-12)]
+            if scheduler is not None:
+                scheduler.step()
+        assert_params_match([params], reference, TOL[F32])
+        runs[(lr, schedule)] = [p.detach().clone() for p in params]
+    assert all(torch.equal(a, b) for a, b in zip(runs[(0.5, None)], runs[(1.0, "halve")]))
+    assert not any(torch.equal(a, b) for a, b in zip(runs[(0.5, None)], runs[(1.0, None)]))
+
+
+@needs_adalo
+def test_adalo_group_without_grads_needs_no_loss():
     optimizer, params = _adalo()
     optimizer.step()  # nothing has a gradient: nothing to do, no error
     assert all(len(optimizer.state.get(p, {})) == 0 for p in params)
+
+
+@needs_adalo
+def test_adalo_state_dict_saved_before_lr_scaled_the_step_keeps_its_steps():
+    """A checkpoint from before lr multiplied the step (groups without the marker, lr=1e-8): loading it warns
+    and keeps ignoring lr, so its steps neither shrink 1e8-fold nor follow a saved scheduler's base_lrs."""
+    from lightning_opt.optim.adalo import LR_SCALES_STEP
+
+    torch.manual_seed(0)
+    old, old_params = _adalo()
+    for p in old_params:
+        p.grad = torch.randn_like(p)
+    old.step(loss=1.0)
+    saved = copy.deepcopy(old.state_dict())  # state_dict() shares the state tensors
+    for group in saved["param_groups"]:  # what the previous version saved
+        del group[LR_SCALES_STEP]
+        group["lr"] = 1e-8
+    resumed, resumed_params = _adalo()
+    with torch.no_grad():
+        for p, q in zip(resumed_params, old_params):
+            p.copy_(q)
+    with pytest.warns(UserWarning, match=r"lr did not affect AdaLo's steps \(lr=1e-08\); they keep ignoring lr"):
+        resumed.load_state_dict(saved)
+    assert resumed.param_groups[0][LR_SCALES_STEP] is False
+    assert resumed.step_size(resumed.param_groups[0]) == old.step_size(old.param_groups[0])
+    for p, q in zip(resumed_params, old_params):
+        p.grad = q.grad.clone()
+    old.step(loss=2.0)
+    resumed.step(loss=2.0)
+    assert all(torch.equal(p, q) for p, q in zip(resumed_params, old_params))
+    current = old.state_dict()  # saved by this version: loads without a warning, lr in force
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        resumed.load_state_dict(current)
+    assert resumed.param_groups[0][LR_SCALES_STEP] is True
+
+
+# ============================================================================================ bounds
+BOUNDS = [  # (name, kwargs, argument, the bound the message must state)
+    ("AdaLo", {"kappa": 1e-320}, "kappa", "1 / kappa = inf must be below 2**24 = 16777216"),
+    ("AdaLo", {"lr": 1e8}, "lr", "lr / kappa with kappa=3 = 3.333e+07 must be below 2**24"),
+    ("AdaLo", {"eps": 6557}, "eps", "expected < 1 / (2 * kappa) = 0.1667"),
+    ("AdaLo", {"weight_decay": 3.97e6}, "weight_decay", "must stay in [0, 1]: expected 1 / 3 * weight_decay <= 1"),
+    ("AdaLo", {"lr": 10**400}, "lr", "expected a finite number"),
+    ("AdamAtan2", {"lr": 1e300}, "lr", "lr * a * pi / 2 with a=1.27 = 1.995e+300 must be below 2**24"),
+    ("AdamAtan2", {"a": 1e39}, "a", "expected <= 3.4028234663852886e+38"),
+    ("AdamAtan2", {"lr": 0.5, "weight_decay": 3.0}, "weight_decay", "1 - 0.5 * weight_decay = -0.5 must stay in [0,"),
+    ("NSGDA", {"lr": 1.5e16}, "lr", "the largest step size lr = 1.5e+16 must be below 2**24 = 16777216"),
+    ("NSGDA", {"eps": 3.5e38}, "eps", "expected <= 3.4028234663852886e+38"),
+    ("NSGDA", {"agc_clipping": 3.5e38}, "agc_clipping", "expected <= 3.4028234663852886e+38"),
+]
+
+
+@pytest.mark.parametrize(("name", "kwargs", "argument", "bound"), [b for b in BOUNDS if b[0] in REGISTRY])
+def test_values_that_cannot_train_are_refused_with_the_bound(name, kwargs, argument, bound):
+    """At construction, as a group's own value (constructor groups and add_param_group), naming the group."""
+    cls = REGISTRY[name].cls
+    with pytest.raises(ValueError, match=rf"^Invalid {argument}: ") as info:
+        cls([torch.nn.Parameter(torch.randn(2))], **kwargs)
+    assert bound in str(info.value)
+    with pytest.raises(ValueError, match=rf"^Invalid {argument}: .*\[parameter group 1\]$") as info:
+        first, second = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
+        cls([{"params": [first]}, {"params": [second], **kwargs}])
+    assert bound in str(info.value)
+    optimizer = cls([torch.nn.Parameter(torch.randn(2))])
+    with pytest.raises(ValueError, match=rf"^Invalid {argument}: .*\[parameter group 1\]$"):
+        optimizer.add_param_group({"params": [torch.nn.Parameter(torch.randn(2))], **kwargs})
+    assert len(optimizer.param_groups) == 1
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_an_lr_raised_past_the_bound_after_construction_fails_clearly_before_any_change(name):
+    """A scheduler (here: a direct write) that pushes lr past the bound gets a ValueError naming lr and the
+    group at the next step, before any parameter, state or loss average changes."""
+    optimizer = REGISTRY[name].cls([torch.nn.Parameter(torch.randn(4))])
+    params = optimizer.param_groups[0]["params"]
+    params[0].grad = torch.ones(4)
+    package_step(optimizer, name, 0)
+    optimizer.param_groups[0]["lr"] = 1e300
+    before = params[0].detach().clone()
+    state = copy.deepcopy(optimizer.state_dict())
+    with pytest.raises(ValueError, match=r"^Invalid lr: 1e\+300 .*2\*\*24.*\[parameter group 0\]$"):
+        package_step(optimizer, name, 1)
+    assert torch.equal(params[0], before)
+    after = optimizer.state_dict()
+    after["param_groups"][0]["lr"] = state["param_groups"][0]["lr"]
+    assert after["param_groups"] == state["param_groups"]
+    for key, value in after["state"][0].items():
+        assert torch.equal(torch.as_tensor(value), torch.as_tensor(state["state"][0][key]))
+
+
+def test_huge_integers_and_nested_transform_lists_name_the_argument():
+    from lightning_opt.transforms.gradient import check_grad_transforms
+    from lightning_opt.validation import check_float
+
+    with pytest.raises(ValueError, match=r"^Invalid lr: 1000+ \(expected a finite number\)$"):
+        check_float("lr", 10**400, low=0.0)
+    with pytest.raises(ValueError, match=r"^Invalid grad_transforms: \[\['soft_clip'\]\] .*got \['soft_clip'\]"):
+        check_grad_transforms([["soft_clip"]])

@@ -12,10 +12,21 @@ import torch
 from lightning_opt.engine import BaseOptimizer, Flags, Hyperparameters
 from lightning_opt.engine.base import ParamsT
 from lightning_opt.transforms import add_scaled_, decoupled_weight_decay_, ema_
-from lightning_opt.transforms.gradient import AGC_CLIPPING
-from lightning_opt.validation import check_betas, check_choice, check_float
+from lightning_opt.transforms.gradient import AGC_CLIPPING, check_agc_clipping
+from lightning_opt.validation import (
+    check_betas,
+    check_choice,
+    check_decay_factor,
+    check_float,
+    check_param_group,
+    check_step_size,
+)
 
 MODES = ("adversarial", "compliant")
+LR_SCALES_STEP = "lr_scales_step"
+"""The parameter-group key that says ``lr`` multiplies the step size. Groups saved before ``lr`` did so
+(lightning-opt <= 0.1, default ``lr=1e-8``) lack it; they load with it set to ``False`` and keep ignoring
+``lr``, so an old checkpoint resumes with the steps it was trained with."""
 
 
 def transform_loss(loss: float) -> float:
@@ -32,29 +43,46 @@ class AdaLo(BaseOptimizer):
     Per parameter group, once per step with the training loss ``L``::
 
         ell  <- beta2 * ell + (1 - beta2) * 1 / (2 + L)          (ell starts at 0: a built-in warm-up)
-        lr_t  = max(ell / kappa, eps)           mode="adversarial": smaller steps while the loss is high
-        lr_t  = max((1 - ell) / kappa, eps)     mode="compliant":   larger steps while the loss is high
+        lr_t  = lr * max(ell / kappa, eps)         mode="adversarial": smaller steps while the loss is high
+        lr_t  = lr * max((1 - ell) / kappa, eps)   mode="compliant":   larger steps while the loss is high
 
     and per tensor::
 
         m <- beta1 * m + (1 - beta1) * g
         p <- p * (1 - lr_t * weight_decay) - lr_t * m
 
+    ``lr`` is a multiplier of the loss-driven step, 1.0 by default (the method as published: nothing to
+    tune). It is there for schedules: a scheduler or a warm-up that changes ``param_groups[i]["lr"]`` scales
+    every step, eps floor included (``eps`` bounds the loss-driven part, so a schedule that anneals ``lr``
+    to 0 really stops the steps). The step size actually taken, ``lr_t``, is :meth:`step_size` and, after a
+    step, :attr:`last_step_sizes`; the :class:`~lightning_opt.callbacks.LossFeeder` callback logs it as
+    ``AdaLo/step_size`` (``LearningRateMonitor`` shows only the multiplier ``lr``).
+
     The loss comes from, in order of precedence: a value fed with :meth:`set_loss` or ``step(loss=...)``
     (the :class:`~lightning_opt.callbacks.LossFeeder` callback does this in Lightning), then the value the
     closure returns. A step taken before any loss ever reached the optimizer raises ``RuntimeError``
     rather than silently taking eps-sized steps. A non-finite loss leaves ``ell`` unchanged (with a
-    warning), so one bad batch cannot poison the step size. The loss is read as a Python float once per
-    step (one host sync on an accelerator), and the loss average is kept in float64 in the group.
+    warning naming the value), so one bad batch cannot poison the step size: groups that already have a
+    step size take it, and groups that have not yet seen a finite loss (on the very first step, say) have
+    no step size to take and are left untouched, parameters and momentum, as if they had no gradient. The
+    loss is read as a Python float once per step (one host sync on an accelerator), and the loss average
+    is kept in float64 in the group.
+
+    Hyper-parameters that cannot train a float32 model are refused, at construction, in
+    ``add_param_group`` and, if a scheduler changes ``lr``, at the next step (see
+    :mod:`lightning_opt.validation`). As ``ell < 1`` for every accepted loss (``L > -1``), the largest
+    step size is ``lr / kappa``; so ``1 / kappa`` and ``lr / kappa`` must stay below ``2**24``,
+    ``eps`` below ``1 / (2 * kappa)`` (the largest loss-driven step for a loss >= 0 in adversarial mode: a
+    floor at or above it would make every step eps and the loss irrelevant), and the decay factor
+    ``1 - lr / kappa * weight_decay`` in ``[0, 1]``.
 
     Args:
         params: iterable of parameters or of dicts defining parameter groups.
-        lr: not used by the update (the step size comes from the loss); kept so that code and tools
-            that expect an ``lr`` (schedulers, monitors) still work.
+        lr: multiplier of the loss-driven step size (default 1.0); what schedulers and warm-ups change.
         betas: ``(beta1, beta2)``: coefficients of the gradient momentum and of the loss average.
-        weight_decay: decoupled weight decay, multiplied by the loss-driven step size ``lr_t``.
+        weight_decay: decoupled weight decay, multiplied by the step size ``lr_t``.
         kappa: divides the loss average; larger means smaller steps.
-        eps: the smallest step size.
+        eps: the smallest loss-driven step size (before the ``lr`` multiplier).
         mode: ``"adversarial"`` (default) or ``"compliant"``, see above.
         compile: fuse each bucket's update with ``torch.compile`` (same numbers, faster steps).
         skip_nonfinite: leave a tensor untouched (with a warning) when its gradient has inf or NaN.
@@ -72,6 +100,10 @@ class AdaLo(BaseOptimizer):
         ...     loss.backward()
         ...     return loss
         >>> loss = optimizer.step(closure)
+        >>> scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 0.5)  # lr = 1.0 * 0.5
+        >>> group = optimizer.param_groups[0]
+        >>> optimizer.step_size(group) == 0.5 * max(group["loss_average"] / group["kappa"], group["eps"])
+        True
 
     References:
         "AdaLo: Adaptive learning rate optimizer with loss for classification", Information Sciences
@@ -84,7 +116,7 @@ class AdaLo(BaseOptimizer):
     def __init__(
         self,
         params: ParamsT,
-        lr: float = 1e-8,
+        lr: float = 1.0,
         betas: tuple[float, float] = (0.9, 0.999),
         weight_decay: float = 1e-2,
         kappa: float = 3.0,
@@ -95,14 +127,8 @@ class AdaLo(BaseOptimizer):
         grad_transforms: Sequence[str] = (),
         agc_clipping: float = AGC_CLIPPING,
     ) -> None:
-        defaults = dict(
-            lr=check_float("lr", lr, low=0.0),
-            betas=check_betas(betas),
-            weight_decay=check_float("weight_decay", weight_decay, low=0.0),
-            kappa=check_float("kappa", kappa, low=0.0, low_inclusive=False),
-            eps=check_float("eps", eps, low=0.0),
-            mode=check_choice("mode", mode, MODES),
-        )
+        defaults = check_hyperparameters(lr, betas, weight_decay, kappa, eps, mode, agc_clipping)
+        defaults[LR_SCALES_STEP] = True
         super().__init__(
             params,
             defaults,
@@ -116,11 +142,39 @@ class AdaLo(BaseOptimizer):
     def _reset_pending(self) -> None:
         # Mutable and shared by reference: Lightning's LightningOptimizer wrapper copies this object's
         # attribute dict, so a loss fed through the wrapper must land in a container both can see.
-        self._pending: dict[str, Any] = {"loss": None, "warned_distributed": False}
+        self._pending: dict[str, Any] = {"loss": None, "warned_distributed": False, "step_sizes": [], "hidden": []}
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a parameter group; its hyper-parameters (its own or the defaults) are validated as in ``__init__``."""
+        if isinstance(param_group, dict):
+            checked = check_param_group(len(self.param_groups), param_group, self.defaults, check_hyperparameters)
+            param_group.update({name: value for name, value in checked.items() if name in param_group})
+            param_group[LR_SCALES_STEP] = True
+        super().add_param_group(param_group)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        legacy = [i for i, group in enumerate(state.get("param_groups", ())) if LR_SCALES_STEP not in group]
+        for index in legacy:
+            state["param_groups"][index][LR_SCALES_STEP] = False
+        defaults = state.get("defaults")
+        if defaults is not None and LR_SCALES_STEP not in defaults:  # an optimizer pickled by an older version
+            defaults.update({"lr": 1.0, LR_SCALES_STEP: True})
+        if legacy:
+            warnings.warn(
+                f"AdaLo: parameter group(s) {legacy} were saved by a lightning-opt version in which lr did not "
+                f"affect AdaLo's steps (lr={state['param_groups'][legacy[0]].get('lr')!r}); they keep ignoring "
+                "lr, so the run continues with the steps it was trained with (a saved scheduler's base_lrs "
+                "would otherwise scale them). To let lr and schedulers act on such a group, set its 'lr' "
+                f"(1.0 = unchanged steps) and its {LR_SCALES_STEP!r} to True."
+            )
         super().__setstate__(state)
         self._reset_pending()  # a pending loss belongs to the next step of the original, not to a copy
+
+    @property
+    def last_step_sizes(self) -> list[float | None]:
+        """The step size ``lr_t`` each parameter group used at the most recent step (``None`` for a group that
+        had no step size yet: no finite loss had reached it); empty before the first step."""
+        return list(self._pending["step_sizes"])
 
     # ----------------------------------------------------------------- the loss
     def set_loss(self, loss: torch.Tensor | float) -> None:
@@ -151,26 +205,54 @@ class AdaLo(BaseOptimizer):
         """
         if loss is not None:
             self.set_loss(loss)
-        return super().step(closure)
+        try:
+            return super().step(closure)
+        finally:
+            # Gradients hidden by begin_step from groups that have no step size yet go back where they were.
+            hidden, self._pending["hidden"] = self._pending["hidden"], []
+            for param, grad in hidden:
+                param.grad = grad
 
     def begin_step(self, closure_loss: torch.Tensor | None) -> None:
         fed, self._pending["loss"] = self._pending["loss"], None
+        for index, group in enumerate(self.param_groups):  # lr may have been changed by a scheduler
+            check_param_group(index, group, self.defaults, check_hyperparameters)
         if fed is None and closure_loss is not None:
             self._warn_if_replicas_diverge()
         loss = fed if fed is not None else closure_loss
         value = None if loss is None else float(loss)
-        if value is not None and not math.isfinite(value):
-            warnings.warn(f"AdaLo got a non-finite loss ({value}); the loss average is left unchanged this step")
-            value = None
-        if value is not None and value <= -1.0:
+        finite = value is not None and math.isfinite(value)
+        if finite and value <= -1.0:
             raise ValueError(f"Invalid loss: {value} (AdaLo's transform 1 / (2 + L) needs a loss > -1)")
         for group in self.param_groups:
             group.setdefault("loss_average", 0.0)
             group.setdefault("loss_count", 0)
-            if value is not None:
+            if finite:
                 beta2 = group["betas"][1]
                 group["loss_average"] += (1.0 - beta2) * (transform_loss(value) - group["loss_average"])
                 group["loss_count"] += 1
+        if value is not None and not finite:
+            self._skip_groups_without_step_size(value)
+        self._pending["step_sizes"] = [
+            self.step_size(group) if group["loss_count"] else None for group in self.param_groups
+        ]
+
+    def _skip_groups_without_step_size(self, value: float) -> None:
+        """After a non-finite loss: warn, and hide the gradients of groups that have never seen a finite loss
+        (they have no step size to take) until the step ends, so that they are left untouched."""
+        waiting = [i for i, group in enumerate(self.param_groups) if group["loss_count"] == 0]
+        message = f"AdaLo got a non-finite loss ({value}); the loss average is left unchanged this step"
+        if waiting:
+            message += (
+                f", and parameter group(s) {waiting} are left untouched (parameters and momentum): no finite "
+                "loss has reached them yet, so they have no step size"
+            )
+        warnings.warn(message)
+        for index in waiting:
+            for param in self.param_groups[index]["params"]:
+                if param.grad is not None:
+                    self._pending["hidden"].append((param, param.grad))
+                    param.grad = None
 
     def _warn_if_replicas_diverge(self) -> None:
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
@@ -184,10 +266,12 @@ class AdaLo(BaseOptimizer):
 
     # ----------------------------------------------------------------- the update
     def step_size(self, group: dict[str, Any]) -> float:
-        """The loss-driven step size ``lr_t`` that the next update of ``group`` uses."""
+        """The step size ``lr_t = lr * max(ell / kappa, eps)`` (compliant: ``1 - ell``) that the next update
+        of ``group`` uses, given its loss average so far."""
         loss_average = group.get("loss_average", 0.0)
         scaled = loss_average if group["mode"] == "adversarial" else 1.0 - loss_average
-        return max(scaled / group["kappa"], group["eps"])
+        multiplier = float(group["lr"]) if group.get(LR_SCALES_STEP, True) else 1.0
+        return multiplier * max(scaled / group["kappa"], group["eps"])
 
     def group_hyperparameters(self, group: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
         if group.get("loss_count", 0) == 0 and any(p.grad is not None for p in group["params"]):
@@ -215,3 +299,42 @@ class AdaLo(BaseOptimizer):
         if flags["decay"]:
             decoupled_weight_decay_(param, hp["decay_factor"])
         add_scaled_(param, exp_avg, hp["neg_step_size"])
+
+
+def check_hyperparameters(
+    lr: Any, betas: Any, weight_decay: Any, kappa: Any, eps: Any, mode: Any, agc_clipping: Any = AGC_CLIPPING
+) -> dict[str, Any]:
+    """Validate AdaLo's hyper-parameters (one group's, or the defaults) and return them normalised.
+
+    The bounds, explained in :class:`AdaLo` and :mod:`lightning_opt.validation`: ``1 / kappa`` and the
+    largest step size ``lr / kappa`` below ``2**24``; ``0 <= eps < 1 / (2 * kappa)``; the decay factor
+    ``1 - lr / kappa * weight_decay`` in ``[0, 1]``.
+
+    Example:
+        >>> values = dict(lr=1.0, betas=(0.9, 0.999), weight_decay=0.01, kappa=3.0, mode="compliant")
+        >>> check_hyperparameters(eps=1e-8, **values)
+        {'lr': 1.0, 'betas': (0.9, 0.999), 'weight_decay': 0.01, 'kappa': 3.0, 'eps': 1e-08, 'mode': 'compliant', \
+'agc_clipping': 0.01}
+        >>> check_hyperparameters(eps=0.5, **values)
+        Traceback (most recent call last):
+        ...
+        ValueError: Invalid eps: 0.5 (expected < 1 / (2 * kappa) = 0.1667, the largest loss-driven step for a \
+loss >= 0: a floor at or above it makes every step eps and the loss irrelevant)
+    """
+    lr = check_float("lr", lr, low=0.0)
+    betas = check_betas(betas)
+    kappa = check_float("kappa", kappa, low=0.0, low_inclusive=False)
+    check_step_size("kappa", kappa, 1.0 / kappa, "1 / kappa")
+    check_step_size("lr", lr, lr / kappa, f"lr / kappa with kappa={kappa:g}")
+    given_eps, eps = eps, check_float("eps", eps, low=0.0)
+    if not eps < 0.5 / kappa:
+        raise ValueError(
+            f"Invalid eps: {given_eps!r} (expected < 1 / (2 * kappa) = {0.5 / kappa:.4g}, the largest loss-driven step "
+            "for a loss >= 0: a floor at or above it makes every step eps and the loss irrelevant)"
+        )
+    weight_decay = check_float("weight_decay", weight_decay, low=0.0)
+    check_decay_factor("weight_decay", weight_decay, lr / kappa * weight_decay, f"{lr:g} / {kappa:g} * weight_decay")
+    mode = check_choice("mode", mode, MODES)
+    checked = dict(lr=lr, betas=betas, weight_decay=weight_decay, kappa=kappa, eps=eps, mode=mode)
+    return {**checked, "agc_clipping": check_agc_clipping(agc_clipping)}
+

@@ -20,8 +20,16 @@ from lightning_opt.transforms import (
     ema_,
     ema_sq_,
 )
-from lightning_opt.transforms.gradient import AGC_CLIPPING
-from lightning_opt.validation import check_betas, check_bool, check_float
+from lightning_opt.transforms.gradient import AGC_CLIPPING, check_agc_clipping
+from lightning_opt.validation import (
+    check_betas,
+    check_bool,
+    check_decay_factor,
+    check_float,
+    check_float32,
+    check_param_group,
+    check_step_size,
+)
 
 
 class AdamAtan2(BaseOptimizer):
@@ -56,6 +64,12 @@ class AdamAtan2(BaseOptimizer):
             ``"soft_clip"`` (the seed's per-unit RMS clip); see :mod:`lightning_opt.transforms.gradient`.
         agc_clipping: the largest unit-wise gradient-to-parameter norm ratio of ``"adaptive_clip"``.
 
+    Bounds (see :mod:`lightning_opt.validation`): ``|atan2| <= pi / 2`` (its second argument is >= 0), so a
+    coordinate moves by at most ``lr * a * pi / 2`` (before the cautious rescale), which must stay below
+    ``2**24``; the decay factor ``1 - lr * weight_decay`` must stay in ``[0, 1]``; ``a`` and ``b`` must be
+    representable in float32. They hold for every parameter group, at construction, in ``add_param_group``
+    and at each step (a scheduler may change ``lr``).
+
     Example:
         >>> model = torch.nn.Linear(4, 2)
         >>> optimizer = AdamAtan2(model.parameters(), lr=1e-3, cautious=True)
@@ -86,15 +100,8 @@ class AdamAtan2(BaseOptimizer):
         grad_transforms: Sequence[str] = (),
         agc_clipping: float = AGC_CLIPPING,
     ) -> None:
-        defaults = dict(
-            lr=check_float("lr", lr, low=0.0),
-            betas=check_betas(betas),
-            weight_decay=check_float("weight_decay", weight_decay, low=0.0),
-            a=check_float("a", a, low=0.0, low_inclusive=False),
-            b=check_float("b", b, low=0.0, low_inclusive=False),
-            cautious=check_bool("cautious", cautious),
-            cautious_weight_decay=check_bool("cautious_weight_decay", cautious_weight_decay),
-            nesterov=check_bool("nesterov", nesterov),
+        defaults = check_hyperparameters(
+            lr, betas, weight_decay, a, b, cautious, cautious_weight_decay, nesterov, agc_clipping
         )
         super().__init__(
             params,
@@ -104,6 +111,17 @@ class AdamAtan2(BaseOptimizer):
             grad_transforms=grad_transforms,
             agc_clipping=agc_clipping,
         )
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a parameter group; its hyper-parameters (its own or the defaults) are validated as in ``__init__``."""
+        if isinstance(param_group, dict):
+            checked = check_param_group(len(self.param_groups), param_group, self.defaults, check_hyperparameters)
+            param_group.update({name: value for name, value in checked.items() if name in param_group})
+        super().add_param_group(param_group)
+
+    def begin_step(self, closure_loss: torch.Tensor | None) -> None:
+        for index, group in enumerate(self.param_groups):  # lr may have been changed by a scheduler
+            check_param_group(index, group, self.defaults, check_hyperparameters)
 
     def group_hyperparameters(self, group: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
         lr, weight_decay = group["lr"], group["weight_decay"]
@@ -153,6 +171,44 @@ class AdamAtan2(BaseOptimizer):
                 decoupled_weight_decay_(param, hp["decay_factor"])
         add_scaled_(param, direction, hp["step_size"])
 
+
+
+def check_hyperparameters(
+    lr: Any,
+    betas: Any,
+    weight_decay: Any,
+    a: Any,
+    b: Any,
+    cautious: Any,
+    cautious_weight_decay: Any,
+    nesterov: Any,
+    agc_clipping: Any = AGC_CLIPPING,
+) -> dict[str, Any]:
+    """Validate AdamAtan2's hyper-parameters (one group's, or the defaults) and return them normalised.
+
+    Example:
+        >>> check_hyperparameters(1e300, (0.9, 0.999), 0.0, 1.27, 1.0, False, False, False)
+        Traceback (most recent call last):
+        ...
+        ValueError: Invalid lr: 1e+300 (the largest step size lr * a * pi / 2 with a=1.27 = 1.995e+300 must be \
+below 2**24 = 16777216)
+    """
+    lr = check_float("lr", lr, low=0.0)
+    a = check_float32("a", a)
+    check_step_size("lr", lr, lr * a * math.pi / 2, f"lr * a * pi / 2 with a={a:g}")
+    weight_decay = check_float("weight_decay", weight_decay, low=0.0)
+    check_decay_factor("weight_decay", weight_decay, lr * weight_decay, f"{lr:g} * weight_decay")
+    return dict(
+        lr=lr,
+        betas=check_betas(betas),
+        weight_decay=weight_decay,
+        a=a,
+        b=check_float32("b", b),
+        cautious=check_bool("cautious", cautious),
+        cautious_weight_decay=check_bool("cautious_weight_decay", cautious_weight_decay),
+        nesterov=check_bool("nesterov", nesterov),
+        agc_clipping=check_agc_clipping(agc_clipping),
+    )
 
 
 def _uses_nesterov(group: dict[str, Any]) -> bool:

@@ -10,8 +10,15 @@ import torch
 from lightning_opt.engine import BaseOptimizer, Flags, Hyperparameters
 from lightning_opt.engine.base import ParamsT
 from lightning_opt.transforms import add_scaled_, ema_, l2_regularised
-from lightning_opt.transforms.gradient import AGC_CLIPPING
-from lightning_opt.validation import check_float, check_probability
+from lightning_opt.transforms.gradient import AGC_CLIPPING, check_agc_clipping
+from lightning_opt.validation import (
+    FLOAT32_MAX,
+    check_float,
+    check_float32,
+    check_param_group,
+    check_probability,
+    check_step_size,
+)
 
 
 class NSGDA(BaseOptimizer):
@@ -41,6 +48,11 @@ class NSGDA(BaseOptimizer):
             ``"soft_clip"`` (the seed's per-unit RMS clip); see :mod:`lightning_opt.transforms.gradient`.
         agc_clipping: the largest unit-wise gradient-to-parameter norm ratio of ``"adaptive_clip"``.
 
+    Bounds (see :mod:`lightning_opt.validation`): each tensor moves by at most ``lr`` (L2 norm), so each
+    coordinate too: ``lr`` must stay below ``2**24``; ``eps`` and ``weight_decay`` must be representable
+    in float32. They hold for every parameter group, at construction, in ``add_param_group`` and at each
+    step (a scheduler may change ``lr``).
+
     Example:
         >>> model = torch.nn.Linear(4, 2)
         >>> optimizer = NSGDA(model.parameters(), lr=1e-2)
@@ -66,12 +78,7 @@ class NSGDA(BaseOptimizer):
         grad_transforms: Sequence[str] = (),
         agc_clipping: float = AGC_CLIPPING,
     ) -> None:
-        defaults = dict(
-            lr=check_float("lr", lr, low=0.0),
-            momentum=check_probability("momentum", momentum),
-            eps=check_float("eps", eps, low=0.0, low_inclusive=False),
-            weight_decay=check_float("weight_decay", weight_decay, low=0.0),
-        )
+        defaults = check_hyperparameters(lr, momentum, eps, weight_decay, agc_clipping)
         super().__init__(
             params,
             defaults,
@@ -80,6 +87,17 @@ class NSGDA(BaseOptimizer):
             grad_transforms=grad_transforms,
             agc_clipping=agc_clipping,
         )
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a parameter group; its hyper-parameters (its own or the defaults) are validated as in ``__init__``."""
+        if isinstance(param_group, dict):
+            checked = check_param_group(len(self.param_groups), param_group, self.defaults, check_hyperparameters)
+            param_group.update({name: value for name, value in checked.items() if name in param_group})
+        super().add_param_group(param_group)
+
+    def begin_step(self, closure_loss: torch.Tensor | None) -> None:
+        for index, group in enumerate(self.param_groups):  # lr may have been changed by a scheduler
+            check_param_group(index, group, self.defaults, check_hyperparameters)
 
     def group_hyperparameters(self, group: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
         numbers = {"momentum": group["momentum"], "neg_lr": -group["lr"], "weight_decay": group["weight_decay"]}
@@ -108,6 +126,28 @@ class NSGDA(BaseOptimizer):
 
     # The norm of the new momentum is needed before the parameter can move: two passes over the tensor.
     phases = ("update_momentum", "update_param")
+
+def check_hyperparameters(
+    lr: Any, momentum: Any, eps: Any, weight_decay: Any, agc_clipping: Any = AGC_CLIPPING
+) -> dict[str, Any]:
+    """Validate NSGDA's hyper-parameters (one group's, or the defaults) and return them normalised.
+
+    Example:
+        >>> check_hyperparameters(lr=1.5e16, momentum=0.9, eps=1e-8, weight_decay=0.0)
+        Traceback (most recent call last):
+        ...
+        ValueError: Invalid lr: 1.5e+16 (the largest step size lr = 1.5e+16 must be below 2**24 = 16777216)
+    """
+    lr = check_float("lr", lr, low=0.0)
+    check_step_size("lr", lr, lr, "lr")
+    return dict(
+        lr=lr,
+        momentum=check_probability("momentum", momentum),
+        eps=check_float32("eps", eps),
+        weight_decay=check_float("weight_decay", weight_decay, low=0.0, high=FLOAT32_MAX),
+        agc_clipping=check_agc_clipping(agc_clipping),
+    )
+
 
 def _norm_dtype(dtype: torch.dtype) -> torch.dtype:
     # Accumulate the norm of half-precision buffers in float32.

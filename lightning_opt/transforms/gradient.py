@@ -28,6 +28,7 @@ from typing import Union
 import torch
 
 from lightning_opt.transforms.arith import Scalar
+from lightning_opt.validation import check_float32
 
 SOFT_CLIP_EPS = 1e-12
 """The seed's floor on both root-mean-squares of :func:`soft_clip`."""
@@ -240,6 +241,10 @@ def check_grad_transforms(grad_transforms: GradTransformsArg) -> tuple[str, ...]
     if not isinstance(names, (list, tuple)):
         raise ValueError(f"Invalid grad_transforms: {grad_transforms!r} (expected a list of transform names)")
     for name in names:
+        if not isinstance(name, str):
+            raise ValueError(
+                f"Invalid grad_transforms: {grad_transforms!r} (expected transform names as strings, got {name!r})"
+            )
         if name not in GRADIENT_TRANSFORMS:
             raise ValueError(
                 f"Invalid grad_transforms: {grad_transforms!r} (unknown {name!r}; expected names from "
@@ -248,6 +253,18 @@ def check_grad_transforms(grad_transforms: GradTransformsArg) -> tuple[str, ...]
     if len(set(names)) != len(names):
         raise ValueError(f"Invalid grad_transforms: {grad_transforms!r} (a transform is named twice)")
     return tuple(names)
+
+
+def check_agc_clipping(agc_clipping: object) -> float:
+    """Validate an optimizer's ``agc_clipping``: positive and representable in float32 (the precision of the
+    norms it multiplies), so a bound is refused where it would otherwise overflow.
+
+    >>> check_agc_clipping(3.5e38)
+    Traceback (most recent call last):
+    ...
+    ValueError: Invalid agc_clipping: 3.5e+38 (expected <= 3.4028234663852886e+38)
+    """
+    return check_float32("agc_clipping", agc_clipping)
 
 
 def apply_gradient_transforms(
