@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_opt.callbacks.tail_monitor import (
     LOG10_ABS_BUCKET_LIMITS,
+    MAX_HISTOGRAM_BINS,
     GradientTailMonitor,
     _log10_counts_numpy,
     _log10_counts_torch,
@@ -153,7 +154,8 @@ def test_steps_count_optimizer_steps_under_gradient_accumulation(tmp_path: Path)
     assert trainer.global_step == 6  # 12 batches
     accumulator = read_events(trainer)
     assert scalar_steps(accumulator, tags.statistic_tag("kurtosis", "weight")) == [1, 3, 5]
-    assert histogram_steps(accumulator, tags.log_abs_grad_histogram_tag(tags.WHOLE_MODEL)) == [2, 5]
+    # Every third optimizer step, and the first logged one (optimizer step 2).
+    assert histogram_steps(accumulator, tags.log_abs_grad_histogram_tag(tags.WHOLE_MODEL)) == [1, 2, 5]
     # Two micro-batches of loss / 2 each: the accumulated gradient is the target again.
     logged = {s: accumulator.Scalars(tags.statistic_tag(s, "weight"))[0].value for s in tags.STATISTICS}
     assert_statistics(logged, tail_statistics(module.target))
@@ -163,8 +165,53 @@ def test_default_cadence_follows_log_every_n_steps(tmp_path: Path) -> None:
     trainer = fit(KnownGradients(), GradientTailMonitor(), tmp_path, max_steps=41, log_every_n_steps=2)
     accumulator = read_events(trainer)
     assert scalar_steps(accumulator, tags.NONFINITE_TAG) == list(range(1, 41, 2))
-    # Histograms: 20x the Trainer's cadence unless every_n_steps or histogram_every_n_steps is given.
-    assert histogram_steps(accumulator, tags.grad_histogram_tag("weight")) == [39]
+    # Histograms: at the first logged step, then 20x the Trainer's cadence unless every_n_steps or
+    # histogram_every_n_steps is given.
+    assert histogram_steps(accumulator, tags.grad_histogram_tag("weight")) == [1, 39]
+
+
+def test_a_run_shorter_than_the_histogram_cadence_gets_histograms_of_its_first_logged_step(tmp_path: Path) -> None:
+    """The README's snippet with the default cadence (histograms every 20 x 50 steps) in a short run."""
+    trainer = fit(KnownGradients(), GradientTailMonitor(exclude="*.bias"), tmp_path, max_steps=120)
+    accumulator = read_events(trainer)
+    assert scalar_steps(accumulator, tags.NONFINITE_TAG) == [49, 99]
+    for tag in (tags.grad_histogram_tag("weight"), tags.log_abs_grad_histogram_tag(tags.WHOLE_MODEL)):
+        assert histogram_steps(accumulator, tag) == [49]
+
+
+class WithMetaParameters(KnownGradients):
+    """A module that gains a sub-module on the meta device once the Trainer has placed it (a layer left to be
+    materialised later), held by the optimizer; like DDP users who want every parameter to have a gradient,
+    it gives every gradient-less parameter a zero gradient (meta, for the meta ones)."""
+
+    def on_fit_start(self) -> None:
+        self.ghost = nn.Linear(30, 30, device="meta")
+        self.trainer.optimizers[0].add_param_group({"params": list(self.ghost.parameters())})
+
+    def on_after_backward(self) -> None:
+        for parameter in self.parameters():
+            if parameter.grad is None and parameter.requires_grad:
+                parameter.grad = torch.zeros_like(parameter)
+
+    def on_train_end(self) -> None:
+        del self.ghost  # the Trainer's teardown moves the module to the CPU, which a meta tensor cannot do
+
+
+def test_meta_parameters_are_skipped_with_one_warning(tmp_path: Path) -> None:
+    module = WithMetaParameters()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = fit(module, GradientTailMonitor(every_n_steps=1, include=["weight", "ghost.*"]), tmp_path)
+    assert trainer.global_step == 6
+    mine = [str(w.message) for w in caught if "GradientTailMonitor" in str(w.message)]
+    assert len(mine) == 1
+    assert "skips 2 parameter(s) on the meta device" in mine[0] and "ghost.weight, ghost.bias" in mine[0]
+    accumulator = read_events(trainer)
+    assert scalar_steps(accumulator, tags.NONFINITE_TAG) == list(range(6))
+    assert not [tag for tag in accumulator.Tags()["scalars"] if "ghost" in tag]
+    logged = {s: accumulator.Scalars(tags.statistic_tag(s, tags.WHOLE_MODEL))[5].value for s in tags.STATISTICS}
+    assert_statistics(logged, tail_statistics(module.target))  # the whole model: the weight alone
+    assert histogram_steps(accumulator, tags.log_abs_grad_histogram_tag(tags.WHOLE_MODEL)) == list(range(6))
 
 
 def test_histograms_of_values_gradients_and_log10_magnitudes(tmp_path: Path) -> None:
@@ -385,6 +432,8 @@ def test_accelerator_and_cpu_histogram_paths_agree() -> None:
         ("max_histograms", True),
         ("log_param_histograms", "yes"),
         ("histogram_bins", 0),
+        ("histogram_bins", 10**7),
+        ("histogram_bins", 2.0),
         ("max_elements", 10),
         ("max_elements", None),
     ],
@@ -392,6 +441,15 @@ def test_accelerator_and_cpu_histogram_paths_agree() -> None:
 def test_invalid_arguments_name_the_argument(argument: str, value: Any) -> None:
     with pytest.raises(ValueError, match=f"Invalid {argument}: "):
         GradientTailMonitor(**{argument: value})
+
+
+def test_histogram_bins_are_bounded() -> None:
+    """``histogram_bins=10**7`` cost 17 s and 3 GB per histogram step: refused, with the bound."""
+    with pytest.raises(ValueError, match=r"^Invalid histogram_bins: 10000000 \(expected an integer from 1 to 1024"):
+        GradientTailMonitor(histogram_bins=10**7)
+    with pytest.raises(ValueError, match=r"^Invalid histogram_bins: 1025 "):
+        GradientTailMonitor(histogram_bins=MAX_HISTOGRAM_BINS + 1)
+    assert GradientTailMonitor(histogram_bins=MAX_HISTOGRAM_BINS).histogram_bins == 1024
 
 
 def test_patterns_from_a_config_file() -> None:
