@@ -70,7 +70,9 @@ def fit(module: pl.LightningModule, callbacks: Sequence[pl.Callback], max_steps:
     ).fit(module)
 
 
-def applied_gradients(module: KnownGradients, callbacks: Sequence[pl.Callback], **trainer: Any) -> dict[str, torch.Tensor]:
+def applied_gradients(
+    module: KnownGradients, callbacks: Sequence[pl.Callback], **trainer: Any
+) -> dict[str, torch.Tensor]:
     """What SGD(lr=1) applied to each parameter in one optimizer step: the final gradient, in float64."""
     before = {name: p.detach().clone().to(F64) for name, p in module.named_parameters()}
     fit(module, callbacks, **trainer)
@@ -250,13 +252,98 @@ def test_clipping_callbacks_log_the_share_of_units_they_clipped():
     assert 0 < soft < units and 0 < agc < units, "some units must clip and some not"
     trainer = pl.Trainer(
         max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        callbacks=[SoftClip(), AdaptiveGradientClipping(clipping=0.05), GradientCentralization()],
+        callbacks=[SoftClip(), AdaptiveGradientClipping(clipping=0.05), GradientCentralization()], accelerator="cpu",
     )
     trainer.fit(module)
     metrics = trainer.callback_metrics
     assert float(metrics["SoftClip/clipped_units"]) == pytest.approx(soft / units)
     # AGC acts after SoftClip here: count on the soft-clipped gradients.
     after_soft = {n: unit_rows(soft_clip_reference(module.targets[n].to(F64), initial[n])) for n in SHAPES}
-    agc_after = sum(int((after_soft[n].norm(dim=1) > 0.05 * rows[n][1].norm(dim=1).clamp_min(1e-3)).sum()) for n in SHAPES)
+    agc_after = sum(
+        int((after_soft[n].norm(dim=1) > 0.05 * rows[n][1].norm(dim=1).clamp_min(1e-3)).sum()) for n in SHAPES
+    )
     assert float(metrics["AdaptiveGradientClipping/clipped_units"]) == pytest.approx(agc_after / units)
     assert not any(key.startswith("GradientCentralization") for key in metrics)
+
+
+def test_two_instances_of_one_callback_log_and_checkpoint_apart(tmp_path):
+    """SoftClip(include="conv.*") and SoftClip(include="linear.*") in one Trainer: two logged keys with each
+    instance's own share, two state_keys, and a checkpoint round trip that restores both run totals."""
+    module = KnownGradients()
+    initial = initial_values(module)
+    rows = {n: (unit_rows(module.targets[n].to(F64)), unit_rows(initial[n])) for n in SHAPES}
+    clipped = {n: int((g.pow(2).mean(1) > p.pow(2).mean(1)).sum()) for n, (g, p) in rows.items()}
+    units = {n: g.shape[0] for n, (g, _) in rows.items()}
+    groups = {"conv.*": ["conv.weight"], "linear.*": ["linear.weight", "linear.bias"]}
+
+    def callbacks():
+        return [SoftClip(include=pattern) for pattern in groups]
+
+    first = callbacks()
+    assert len({c.state_key for c in first}) == 2
+    assert [c.name for c in first] == [f"SoftClip[include={p}]" for p in groups]
+    trainer = pl.Trainer(
+        max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        callbacks=first, accelerator="cpu", devices=1,
+    )
+    trainer.fit(module)
+    for callback, names in zip(first, groups.values()):
+        assert f"{callback.name}/clipped_units" in trainer.callback_metrics
+        assert callback.units_seen == 2 * sum(units[n] for n in names)
+    # The first step's shares, per instance, from the known gradients and the initial weights.
+    assert first[0].units_clipped >= clipped["conv.weight"] > 0
+    path = tmp_path / "two.ckpt"
+    trainer.save_checkpoint(path)
+    saved = torch.load(path, weights_only=False)["callbacks"]
+    assert {c.state_key for c in first} <= set(saved)
+
+    resumed = callbacks()
+    trainer = pl.Trainer(
+        max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        callbacks=resumed, accelerator="cpu", devices=1,
+    )
+    trainer.fit(module, ckpt_path=path)
+    for before, after, names in zip(first, resumed, groups.values()):
+        assert after.units_seen == before.units_seen + sum(units[n] for n in names)  # restored, then one more step
+        assert after.units_clipped >= before.units_clipped
+        assert after.clipped_fraction == after.units_clipped / after.units_seen
+
+
+def test_first_step_shares_are_logged_per_instance():
+    module = KnownGradients()
+    initial = initial_values(module)
+    rows = {n: (unit_rows(module.targets[n].to(F64)), unit_rows(initial[n])) for n in SHAPES}
+    trainer = pl.Trainer(
+        max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        callbacks=[SoftClip(include="conv.*"), SoftClip(include="linear.*", name="linear-clip")], accelerator="cpu",
+    )
+    trainer.fit(module)
+    expected = {"SoftClip[include=conv.*]": ["conv.weight"], "linear-clip": ["linear.weight", "linear.bias"]}
+    for key, names in expected.items():
+        soft = sum(int((rows[n][0].pow(2).mean(1) > rows[n][1].pow(2).mean(1)).sum()) for n in names)
+        units = sum(rows[n][0].shape[0] for n in names)
+        assert float(trainer.callback_metrics[f"{key}/clipped_units"]) == pytest.approx(soft / units)
+
+
+def test_two_instances_with_the_same_name_are_refused():
+    with pytest.raises(RuntimeError, match="state_key` must be unique"):
+        pl.Trainer(callbacks=[SoftClip(include="conv.*"), SoftClip(include="conv.*", eps=1e-6)], accelerator="cpu")
+    assert SoftClip(exclude="*.bias").name == "SoftClip[exclude=*.bias]"
+    assert AdaptiveGradientClipping(include=["a.*", "b.*"], exclude="*.bias").name == (
+        "AdaptiveGradientClipping[include=a.*|b.*;exclude=*.bias]"
+    )
+    with pytest.raises(ValueError, match=r"^Invalid name: ''"):
+        SoftClip(name="")
+
+
+@pytest.mark.parametrize(
+    ("make", "argument"),
+    [
+        (lambda: SoftClip(eps=3.5e38), "eps"),
+        (lambda: AdaptiveGradientClipping(eps=3.5e38), "eps"),
+        (lambda: AdaptiveGradientClipping(clipping=1e39), "clipping"),
+    ],
+)
+def test_values_beyond_float32_are_refused_with_the_bound(make, argument):
+    with pytest.raises(ValueError, match=rf"^Invalid {argument}: .*\(expected <= 3.4028234663852886e\+38\)"):
+        make()

@@ -8,6 +8,7 @@ a float64 replay of AdaLo's update).
 
 from __future__ import annotations
 
+import csv
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -17,6 +18,8 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -364,3 +367,66 @@ def test_ddp_without_feeder_replicas_diverge_with_a_warning(tmp_path: Path) -> N
         assert sum(DIVERGE_WARNING in message for message in rank["warnings"]) == 1
         assert rank["averages"] == pytest.approx(loss_averages(rank["losses"]), rel=1e-12, abs=0.0)
     assert max_difference(rank0["final"], rank1["final"]) > 1e-3
+
+
+# ----------------------------------------------------------------------------- schedules and the logged step size
+class Scheduled(Classifier):
+    """The classifier with AdaLo under a ``LambdaLR`` that decays ``lr`` every optimizer step, or no scheduler."""
+
+    def __init__(self, schedule: Callable[[int], float] | None) -> None:
+        super().__init__()
+        self.schedule = schedule
+
+    def configure_optimizers(self) -> Any:
+        optimizer = RecordingAdaLo(self.parameters())
+        if self.schedule is None:
+            return optimizer
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def logged_column(log_dir: str, key: str) -> list[float]:
+    """The values of ``key`` in a CSVLogger's metrics.csv, in row order."""
+    with open(Path(log_dir) / "metrics.csv", newline="") as handle:
+        return [float(row[key]) for row in csv.DictReader(handle) if row.get(key)]
+
+
+def test_a_scheduler_scales_adalos_steps_and_the_step_size_taken_is_logged(tmp_path: Path) -> None:
+    """lr multiplies AdaLo's loss-driven step: a LambdaLR changes the weights; the step size each step took,
+    lr_k * max(ell_k / kappa, eps), is what LossFeeder logs as AdaLo/step_size (read back from the CSV file)."""
+
+    def schedule(step: int) -> float:
+        return 1.0 / (1.0 + step)
+
+    runs = {}
+    for name, lr_lambda in (("constant", None), ("decaying", schedule)):
+        module = Scheduled(lr_lambda)
+        logger = CSVLogger(tmp_path, name=name)
+        trainer = fit(module, logger=logger, log_every_n_steps=1, callbacks=[LossFeeder(), LearningRateMonitor()])
+        logged = logged_column(logger.log_dir, "RecordingAdaLo/step_size")  # named after the class
+        averages = trainer.optimizers[0].averages
+        assert len(averages) == len(logged) == BATCHES_PER_EPOCH
+        factors = [1.0 if lr_lambda is None else lr_lambda(k) for k in range(BATCHES_PER_EPOCH)]
+        expected = [f * max(ell / KAPPA, EPS) for f, ell in zip(factors, averages)]
+        assert logged == pytest.approx(expected, rel=1e-6)
+        if lr_lambda is not None:  # the monitor shows the multiplier the scheduler set, 1/(1+k)
+            assert logged_column(logger.log_dir, "lr-RecordingAdaLo") == pytest.approx(factors, rel=1e-6)
+        runs[name] = module.layer.weight.detach().clone()
+    assert not torch.allclose(runs["constant"], runs["decaying"], rtol=1e-3, atol=0.0)
+
+
+def test_the_step_size_is_logged_per_group_and_can_be_switched_off(tmp_path: Path) -> None:
+    class TwoGroups(Classifier):
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return AdaLo([{"params": [self.layer.weight]}, {"params": [self.layer.bias], "lr": 0.5}])
+
+    for log in (True, False):
+        logger = CSVLogger(tmp_path, name=str(log))
+        trainer = fit(TwoGroups(), callbacks=[LossFeeder(log_step_size=log)], logger=logger, log_every_n_steps=1)
+        if not log:
+            assert not any(key.startswith("AdaLo/") for key in trainer.callback_metrics)
+            continue
+        first, second = (logged_column(logger.log_dir, f"AdaLo/step_size/pg{i}") for i in (1, 2))
+        assert len(first) == BATCHES_PER_EPOCH and second == pytest.approx([0.5 * s for s in first], rel=1e-6)
+    with pytest.raises(ValueError, match=r"^Invalid log_step_size: 'yes'"):
+        LossFeeder(log_step_size="yes")

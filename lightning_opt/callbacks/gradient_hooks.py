@@ -13,6 +13,11 @@ under DDP they see the all-reduced gradient, identical on every rank, so replica
 
 The clipping callbacks also log, at every optimizer step, the share of units they clipped
 (``SoftClip/clipped_units``, ``AdaptiveGradientClipping/clipped_units``): 0 means the clip never acted.
+Each instance has a :attr:`~GradientTransformCallback.name`, the class name plus its parameter filter
+(``SoftClip[include=net.0.*]``) unless given, which prefixes its logged keys and makes its checkpoint
+``state_key``: several instances of one class (one per layer group, say) log and checkpoint apart. The
+run's totals (``units_seen``, ``units_clipped``) are checkpointed, so ``clipped_fraction`` covers a
+resumed run whole.
 
 The same transforms are available inside this package's optimizers (``grad_transforms=[...]``, fused
 into the update and leaving ``p.grad`` alone) and as plain functions in
@@ -25,6 +30,8 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
+from typing import Any
+
 from typing_extensions import override
 
 from lightning_opt.callbacks.parameter_filter import ParameterFilter, Patterns
@@ -37,7 +44,7 @@ from lightning_opt.transforms.gradient import (
     scale_units_,
     soft_clip_scale,
 )
-from lightning_opt.validation import check_bool, check_float
+from lightning_opt.validation import check_bool, check_float32
 
 
 class GradientTransformCallback(Callback):
@@ -46,15 +53,51 @@ class GradientTransformCallback(Callback):
     Args:
         include: ``fnmatch`` patterns of the parameter names to transform (default: all parameters).
         exclude: patterns of parameter names to leave alone (``"*.bias"``, ``"head.*"``...).
-        log_clipped_units: log ``<ClassName>/clipped_units``, the share of output units the transform
+        log_clipped_units: log ``<name>/clipped_units``, the share of output units the transform
             clipped at each step, with ``pl_module.log`` (for transforms that clip).
+        name: the prefix of the logged keys and the checkpoint ``state_key``; by default the class name,
+            followed by the filter when there is one (``SoftClip[include=net.0.*;exclude=*.bias]``), so that
+            instances with different filters stay apart. Two instances in one Trainer need different names.
     """
 
-    def __init__(self, include: Patterns = None, exclude: Patterns = None, log_clipped_units: bool = True) -> None:
+    def __init__(
+        self,
+        include: Patterns = None,
+        exclude: Patterns = None,
+        log_clipped_units: bool = True,
+        name: str | None = None,
+    ) -> None:
         super().__init__()
         self.parameter_filter = ParameterFilter(include, exclude)
         self.log_clipped_units = check_bool("log_clipped_units", log_clipped_units)
+        if name is not None and not (isinstance(name, str) and name.strip()):
+            raise ValueError(f"Invalid name: {name!r} (expected a non-empty string, or None for the default)")
+        self.name: str = name if name is not None else _default_name(type(self).__name__, self.parameter_filter)
+        """The prefix of the logged keys and of the checkpoint ``state_key``."""
+        self.units_seen = 0
+        """Output units the transform looked at, summed over the run (clipping transforms only)."""
+        self.units_clipped = 0
+        """Of those, the units it clipped."""
         self._selected: dict[int, str] = {}
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(name=self.name)
+
+    @property
+    def clipped_fraction(self) -> float | None:
+        """The share of units clipped over the whole run (resumes included); ``None`` before any was seen."""
+        return self.units_clipped / self.units_seen if self.units_seen else None
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"units_seen": self.units_seen, "units_clipped": self.units_clipped}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.units_seen = int(state_dict.get("units_seen", 0))
+        self.units_clipped = int(state_dict.get("units_clipped", 0))
 
     def transform_(self, grad: torch.Tensor, param: torch.Tensor) -> torch.Tensor | None:
         """Rewrite ``grad`` (the gradient of ``param``) in place; return which units were clipped (a bool
@@ -90,9 +133,14 @@ class GradientTransformCallback(Callback):
                     if mask is not None:
                         clipped = clipped + mask.sum().cpu()
                         units += mask.numel()
-        if units and self.log_clipped_units:
-            share = torch.as_tensor(clipped, dtype=torch.float32) / units
-            pl_module.log(f"{type(self).__name__}/clipped_units", share, on_step=True, on_epoch=False, batch_size=1)
+        if not units:
+            return
+        clipped_count = int(clipped)
+        self.units_seen += units
+        self.units_clipped += clipped_count
+        if self.log_clipped_units:
+            share = clipped_count / units
+            pl_module.log(f"{self.name}/clipped_units", share, on_step=True, on_epoch=False, batch_size=1)
 
 
 class SoftClip(GradientTransformCallback):
@@ -103,10 +151,13 @@ class SoftClip(GradientTransformCallback):
     :func:`~lightning_opt.transforms.gradient.soft_clip`.
 
     Args:
-        eps: floor on both root-mean-squares (the seed's ``1e-12``).
+        eps: floor on both root-mean-squares (the seed's ``1e-12``); positive and representable in float32
+            (at most 3.4e38), the precision of the norms.
         include: ``fnmatch`` patterns of the parameter names to clip (default: all).
         exclude: patterns of parameter names to leave alone.
-        log_clipped_units: log ``SoftClip/clipped_units``, the share of units clipped at each step.
+        log_clipped_units: log ``<name>/clipped_units``, the share of units clipped at each step.
+        name: the prefix of the logged keys and the checkpoint ``state_key`` (default ``SoftClip``, plus
+            the filter if any).
 
     Example::
 
@@ -114,6 +165,8 @@ class SoftClip(GradientTransformCallback):
         from lightning_opt.callbacks import SoftClip
 
         trainer = Trainer(callbacks=[SoftClip(exclude="*.bias")])
+        # one instance per layer group, logged as SoftClip[include=net.0.*]/clipped_units and so on
+        trainer = Trainer(callbacks=[SoftClip(include="net.0.*"), SoftClip(include="net.2.*", eps=1e-6)])
 
     References:
         The seed blog post, section 5.5.
@@ -125,9 +178,10 @@ class SoftClip(GradientTransformCallback):
         include: Patterns = None,
         exclude: Patterns = None,
         log_clipped_units: bool = True,
+        name: str | None = None,
     ) -> None:
-        super().__init__(include, exclude, log_clipped_units)
-        self.eps = check_float("eps", eps, low=0.0, low_inclusive=False)
+        super().__init__(include, exclude, log_clipped_units, name)
+        self.eps = check_float32("eps", eps)
 
     @override
     def transform_(self, grad: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
@@ -145,6 +199,7 @@ class GradientCentralization(GradientTransformCallback):
     Args:
         include: ``fnmatch`` patterns of the parameter names to centralise (default: all).
         exclude: patterns of parameter names to leave alone.
+        name: the checkpoint ``state_key``'s name (default ``GradientCentralization``, plus the filter if any).
 
     Example::
 
@@ -158,8 +213,8 @@ class GradientCentralization(GradientTransformCallback):
         ECCV 2020, arXiv:2004.01461.
     """
 
-    def __init__(self, include: Patterns = None, exclude: Patterns = None) -> None:
-        super().__init__(include, exclude, log_clipped_units=False)
+    def __init__(self, include: Patterns = None, exclude: Patterns = None, name: str | None = None) -> None:
+        super().__init__(include, exclude, log_clipped_units=False, name=name)
 
     @override
     def transform_(self, grad: torch.Tensor, param: torch.Tensor) -> None:
@@ -176,9 +231,12 @@ class AdaptiveGradientClipping(GradientTransformCallback):
         clipping: the largest ratio of a unit's gradient norm to its parameter norm (NFNets: 0.01 at
             batch size 4096; the paper finds smaller batches tolerate larger values).
         eps: floor on a unit's parameter norm, so that zero-initialised units can still move.
+            ``clipping`` and ``eps`` must be positive and representable in float32 (at most 3.4e38).
         include: ``fnmatch`` patterns of the parameter names to clip (default: all).
         exclude: patterns of parameter names to leave alone.
-        log_clipped_units: log ``AdaptiveGradientClipping/clipped_units``, the share of units clipped.
+        log_clipped_units: log ``<name>/clipped_units``, the share of units clipped.
+        name: the prefix of the logged keys and the checkpoint ``state_key`` (default
+            ``AdaptiveGradientClipping``, plus the filter if any).
 
     Example::
 
@@ -199,13 +257,24 @@ class AdaptiveGradientClipping(GradientTransformCallback):
         include: Patterns = None,
         exclude: Patterns = None,
         log_clipped_units: bool = True,
+        name: str | None = None,
     ) -> None:
-        super().__init__(include, exclude, log_clipped_units)
-        self.clipping = check_float("clipping", clipping, low=0.0, low_inclusive=False)
-        self.eps = check_float("eps", eps, low=0.0, low_inclusive=False)
+        super().__init__(include, exclude, log_clipped_units, name)
+        self.clipping = check_float32("clipping", clipping)
+        self.eps = check_float32("eps", eps)
 
     @override
     def transform_(self, grad: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
         scale = adaptive_clip_scale(grad, param, self.clipping, self.eps)
         scale_units_(grad, scale)
         return scale < 1
+
+
+def _default_name(class_name: str, parameter_filter: ParameterFilter) -> str:
+    """``SoftClip``, or ``SoftClip[include=a|b;exclude=*.bias]`` for a callback with a filter."""
+    parts = []
+    if parameter_filter.include is not None:
+        parts.append("include=" + "|".join(parameter_filter.include))
+    if parameter_filter.exclude:
+        parts.append("exclude=" + "|".join(parameter_filter.exclude))
+    return f"{class_name}[{';'.join(parts)}]" if parts else class_name

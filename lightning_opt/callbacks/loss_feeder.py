@@ -10,6 +10,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
+from lightning_opt.validation import check_bool
+
 
 @runtime_checkable
 class LossDriven(Protocol):
@@ -31,6 +33,16 @@ class LossFeeder(Callback):
     Optimizers without a ``set_loss`` method are left alone, so the callback is harmless with any
     optimizer.
 
+    It also logs the step size a loss-driven optimizer actually took (its ``last_step_sizes``, AdaLo's
+    ``lr_t = lr * max(ell / kappa, eps)``), after each step, with ``pl_module.log`` and therefore on the
+    Trainer's ``log_every_n_steps`` cadence, as ``<OptimizerClass>/step_size`` (``AdaLo/step_size``), or
+    ``AdaLo/step_size/pg1``, ``.../pg2``... (1-based, as ``LearningRateMonitor`` names groups) when the
+    optimizer has several parameter groups. ``LearningRateMonitor`` shows AdaLo's ``lr``, which is only the
+    multiplier a scheduler sets; this is the number that moves the weights.
+
+    Args:
+        log_step_size: log the step size as above.
+
     Example::
 
         from lightning.pytorch import Trainer
@@ -40,8 +52,9 @@ class LossFeeder(Callback):
         trainer = Trainer(callbacks=[LossFeeder()], accumulate_grad_batches=4)
     """
 
-    def __init__(self) -> None:
+    def __init__(self, log_step_size: bool = True) -> None:
         super().__init__()
+        self.log_step_size = check_bool("log_step_size", log_step_size)
         self._window_sum: torch.Tensor | None = None
         self._window_count = 0
         self.last_fed_loss: float | None = None
@@ -86,6 +99,23 @@ class LossFeeder(Callback):
         target = _unwrap(optimizer)
         if isinstance(target, LossDriven):
             target.set_loss(loss)
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if not self.log_step_size:
+            return
+        for optimizer in trainer.optimizers:
+            target = _unwrap(optimizer)
+            step_sizes = getattr(target, "last_step_sizes", None)
+            if not isinstance(target, LossDriven) or not step_sizes:
+                continue
+            prefix = f"{type(target).__name__}/step_size"
+            for index, step_size in enumerate(step_sizes):
+                if step_size is not None:
+                    key = prefix if len(step_sizes) == 1 else f"{prefix}/pg{index + 1}"
+                    pl_module.log(key, step_size, on_step=True, on_epoch=False, batch_size=1)
 
     def _reset(self) -> None:
         self._window_sum = None
