@@ -6,10 +6,14 @@ cross-reference points nowhere, a broken link. Building it here puts it in the R
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+import griffe
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,8 +41,12 @@ def test_api_reference_builds_in_strict_mode(tmp_path: Path) -> None:
         html = (tmp_path / "site" / "api" / page / "index.html").read_text()
         for anchor in anchors:
             assert f'id="{anchor}"' in html, f"{anchor} is missing from the {page} page"
-    # Doctests render as code, not as Markdown (griffe reads the docstrings' "Example:" as an examples section).
+    # Doctests render as code, not as Markdown (griffe reads the docstrings' "Example:" as an examples section);
+    # Sphinx roles as code, reStructuredText literal blocks ("::") as code blocks (docs/griffe_extension.py).
     assert 'class="highlight"' in (tmp_path / "site" / "api" / "factories" / "index.html").read_text()
+    for html_file in (tmp_path / "site" / "api").rglob("*.html"):
+        html = html_file.read_text()
+        assert re.search(r":(class|meth|func|mod|attr|data|exc):`", html) is None, f"a raw Sphinx role in {html_file}"
 
 
 def test_a_broken_reference_fails_the_strict_build(tmp_path: Path) -> None:
@@ -58,3 +66,16 @@ def test_a_broken_reference_fails_the_strict_build(tmp_path: Path) -> None:
     result = build(tmp_path / "site", "-f", str(config))
     assert result.returncode != 0
     assert "lightning_opt.no_such_module" in result.stdout + result.stderr
+
+
+def test_literal_blocks_and_sphinx_roles_become_markdown_code() -> None:
+    spec = importlib.util.spec_from_file_location("griffe_extension", ROOT / "docs" / "griffe_extension.py")
+    extension = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(extension)
+    docstring = "Per tensor::\n\n    m <- b * m\n\n    p <- p - m\n\n"
+    docstring += "Then :meth:`~a.B.step` and :class:`a.C`.\n\nArgs:\n    x: y."
+    module = griffe.Module("example", docstring=griffe.Docstring(docstring))
+    extension._docstrings_to_markdown(module)
+    assert module.docstring.value == (
+        "Per tensor:\n\n```\nm <- b * m\n\np <- p - m\n```\n\nThen `step` and `a.C`.\n\nArgs:\n    x: y."
+    )
