@@ -38,6 +38,7 @@ __all__ = [
     "check_float",
     "check_float32",
     "check_param_group",
+    "check_param_groups",
     "check_positive_int",
     "check_probability",
     "check_step_size",
@@ -155,14 +156,16 @@ def check_betas(betas: Any) -> tuple[float, float]:
     return check_probability("beta1", beta1), check_probability("beta2", beta2)
 
 
-def check_step_size(name: str, value: Any, step_size: float, formula: str) -> None:
+def check_step_size(name: str, value: Any, step_size: float, formula: str, **numbers: float) -> None:
     """Raise ``ValueError`` naming ``name`` unless the largest possible step size is below :data:`MAX_STEP_SIZE`.
 
     Args:
         name: the argument blamed in the message.
         value: its value.
         step_size: the largest step size the optimizer can take with these hyper-parameters.
-        formula: how ``step_size`` was computed, quoted in the message (``"lr * a * pi / 2"``).
+        formula: how ``step_size`` was computed, quoted in the message (``"lr * a * pi / 2 with a={a:g}"``);
+            a ``str.format`` template filled with ``numbers``, only when the check fails (it runs every step).
+        numbers: the values the template names.
 
     Example:
         >>> check_step_size("lr", 1e20, 1e20, "lr")
@@ -171,17 +174,20 @@ def check_step_size(name: str, value: Any, step_size: float, formula: str) -> No
         ValueError: Invalid lr: 1e+20 (the largest step size lr = 1e+20 must be below 2**24 = 16777216)
     """
     if not step_size < MAX_STEP_SIZE:  # also catches nan
+        formula = formula.format(**numbers)
         raise _invalid(name, value, f"the largest step size {formula} = {step_size:.4g} must be below 2**24 = 16777216")
 
 
-def check_decay_factor(name: str, value: Any, step_times_decay: float, formula: str) -> None:
+def check_decay_factor(name: str, value: Any, step_times_decay: float, formula: str, **numbers: float) -> None:
     """Raise ``ValueError`` naming ``name`` unless the decoupled decay factor ``1 - step * weight_decay`` is in [0, 1].
 
     Args:
         name: the argument blamed in the message.
         value: its value.
         step_times_decay: the largest ``step size * weight_decay`` the optimizer can reach.
-        formula: how ``step_times_decay`` was computed, quoted in the message (``"lr * weight_decay"``).
+        formula: how ``step_times_decay`` was computed, quoted in the message (``"{lr:g} * weight_decay"``), a
+            template filled with ``numbers`` as in :func:`check_step_size`.
+        numbers: the values the template names.
 
     Example:
         >>> check_decay_factor("weight_decay", 2.0, 2.0, "lr * weight_decay")
@@ -191,7 +197,7 @@ def check_decay_factor(name: str, value: Any, step_times_decay: float, formula: 
 expected lr * weight_decay <= 1)
     """
     if not step_times_decay <= 1.0:
-        factor = 1.0 - step_times_decay
+        factor, formula = 1.0 - step_times_decay, formula.format(**numbers)
         why = f"the decay factor 1 - {formula} = {factor:.4g} must stay in [0, 1]: expected {formula} <= 1"
         raise _invalid(name, value, why)
 
@@ -240,10 +246,35 @@ def check_param_group(
         ...
         ValueError: Invalid lr: -1 (expected >= 0.0) [parameter group 1]
     """
+    names = _argument_names(check)
+    return in_parameter_group(index, check, {name: group.get(name, defaults[name]) for name in names})
+
+
+def check_param_groups(optimizer: Any, check: Callable[..., dict[str, Any]]) -> None:
+    """Validate every parameter group of ``optimizer`` before a step, as :func:`check_param_group` does.
+
+    A scheduler (or the user) may have changed a group's ``lr`` since construction. Only groups whose values
+    changed since they were last found valid are checked again, so the cost per step is a tuple comparison
+    per group (the snapshots live in the optimizer's ``__dict__``, outside its state_dict and pickles).
+
+    Args:
+        optimizer: a ``torch.optim.Optimizer`` whose ``defaults`` hold every argument of ``check``.
+        check: as in :func:`check_param_group`.
+    """
+    names = _argument_names(check)
+    checked = optimizer.__dict__.setdefault("_checked_group_values", {})
+    for index, group in enumerate(optimizer.param_groups):
+        values = tuple(group.get(name, optimizer.defaults[name]) for name in names)
+        if checked.get(index) != values:
+            in_parameter_group(index, check, dict(zip(names, values)))
+            checked[index] = values
+
+
+def _argument_names(check: Callable[..., Any]) -> tuple[str, ...]:
     names = _ARGUMENTS.get(check)
     if names is None:
         names = _ARGUMENTS[check] = tuple(inspect.signature(check).parameters)
-    return in_parameter_group(index, check, {name: group.get(name, defaults[name]) for name in names})
+    return names
 
 
 _ARGUMENTS: dict[Callable[..., Any], tuple[str, ...]] = {}

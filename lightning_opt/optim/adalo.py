@@ -19,6 +19,7 @@ from lightning_opt.validation import (
     check_decay_factor,
     check_float,
     check_param_group,
+    check_param_groups,
     check_step_size,
 )
 
@@ -215,8 +216,7 @@ class AdaLo(BaseOptimizer):
 
     def begin_step(self, closure_loss: torch.Tensor | None) -> None:
         fed, self._pending["loss"] = self._pending["loss"], None
-        for index, group in enumerate(self.param_groups):  # lr may have been changed by a scheduler
-            check_param_group(index, group, self.defaults, check_hyperparameters)
+        check_param_groups(self, check_hyperparameters)  # lr may have been changed by a scheduler
         if fed is None and closure_loss is not None:
             self._warn_if_replicas_diverge()
         loss = fed if fed is not None else closure_loss
@@ -325,7 +325,7 @@ loss >= 0: a floor at or above it makes every step eps and the loss irrelevant)
     betas = check_betas(betas)
     kappa = check_float("kappa", kappa, low=0.0, low_inclusive=False)
     check_step_size("kappa", kappa, 1.0 / kappa, "1 / kappa")
-    check_step_size("lr", lr, lr / kappa, f"lr / kappa with kappa={kappa:g}")
+    check_step_size("lr", lr, lr / kappa, "lr / kappa with kappa={kappa:g}", kappa=kappa)
     given_eps, eps = eps, check_float("eps", eps, low=0.0)
     if not eps < 0.5 / kappa:
         raise ValueError(
@@ -333,7 +333,9 @@ loss >= 0: a floor at or above it makes every step eps and the loss irrelevant)
             "for a loss >= 0: a floor at or above it makes every step eps and the loss irrelevant)"
         )
     weight_decay = check_float("weight_decay", weight_decay, low=0.0)
-    check_decay_factor("weight_decay", weight_decay, lr / kappa * weight_decay, f"{lr:g} / {kappa:g} * weight_decay")
+    check_decay_factor(
+        "weight_decay", weight_decay, lr / kappa * weight_decay, "{lr:g} / {kappa:g} * weight_decay", lr=lr, kappa=kappa
+    )
     mode = check_choice("mode", mode, MODES)
     checked = dict(lr=lr, betas=betas, weight_decay=weight_decay, kappa=kappa, eps=eps, mode=mode)
     return {**checked, "agc_clipping": check_agc_clipping(agc_clipping)}

@@ -28,6 +28,7 @@ from lightning_opt.validation import (
     check_float,
     check_float32,
     check_param_group,
+    check_param_groups,
     check_step_size,
 )
 
@@ -120,8 +121,7 @@ class AdamAtan2(BaseOptimizer):
         super().add_param_group(param_group)
 
     def begin_step(self, closure_loss: torch.Tensor | None) -> None:
-        for index, group in enumerate(self.param_groups):  # lr may have been changed by a scheduler
-            check_param_group(index, group, self.defaults, check_hyperparameters)
+        check_param_groups(self, check_hyperparameters)  # lr may have been changed by a scheduler
 
     def group_hyperparameters(self, group: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
         lr, weight_decay = group["lr"], group["weight_decay"]
@@ -195,9 +195,9 @@ below 2**24 = 16777216)
     """
     lr = check_float("lr", lr, low=0.0)
     a = check_float32("a", a)
-    check_step_size("lr", lr, lr * a * math.pi / 2, f"lr * a * pi / 2 with a={a:g}")
+    check_step_size("lr", lr, lr * a * math.pi / 2, "lr * a * pi / 2 with a={a:g}", a=a)
     weight_decay = check_float("weight_decay", weight_decay, low=0.0)
-    check_decay_factor("weight_decay", weight_decay, lr * weight_decay, f"{lr:g} * weight_decay")
+    check_decay_factor("weight_decay", weight_decay, lr * weight_decay, "{lr:g} * weight_decay", lr=lr)
     return dict(
         lr=lr,
         betas=check_betas(betas),

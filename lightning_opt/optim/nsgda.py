@@ -16,6 +16,7 @@ from lightning_opt.validation import (
     check_float,
     check_float32,
     check_param_group,
+    check_param_groups,
     check_probability,
     check_step_size,
 )
@@ -96,8 +97,7 @@ class NSGDA(BaseOptimizer):
         super().add_param_group(param_group)
 
     def begin_step(self, closure_loss: torch.Tensor | None) -> None:
-        for index, group in enumerate(self.param_groups):  # lr may have been changed by a scheduler
-            check_param_group(index, group, self.defaults, check_hyperparameters)
+        check_param_groups(self, check_hyperparameters)  # lr may have been changed by a scheduler
 
     def group_hyperparameters(self, group: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
         numbers = {"momentum": group["momentum"], "neg_lr": -group["lr"], "weight_decay": group["weight_decay"]}
