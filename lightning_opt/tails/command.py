@@ -33,9 +33,19 @@ def build_parser() -> argparse.ArgumentParser:
         "PNG comparing the runs' log10|g| distributions (logs of lightning_opt's GradientTailMonitor).",
     )
     parser.add_argument("logdirs", nargs="+", help="run directories, or directories holding several runs")
-    parser.add_argument("--steps", nargs="+", type=int, help="steps to show (nearest logged); default: first, middle, last")
-    parser.add_argument("--layer", default=tags.WHOLE_MODEL, help="the layer drawn in the PNG (default: the whole model)")
-    parser.add_argument("--sort-by", default="hill_alpha", choices=sorted(SORT_DIRECTION), help="what makes a tail heavy")
+    parser.add_argument(
+        "--steps",
+        nargs="+",
+        type=int,
+        help="steps to show, in the tables and the PNG alike: the nearest steps logged with both statistics and "
+        "histograms; default: first, middle, last",
+    )
+    parser.add_argument(
+        "--layer", default=tags.WHOLE_MODEL, help="the layer drawn in the PNG (default: the whole model)"
+    )
+    parser.add_argument(
+        "--sort-by", default="hill_alpha", choices=sorted(SORT_DIRECTION), help="what makes a tail heavy"
+    )
     parser.add_argument("--top", type=int, default=10, help="how many layers each table lists (default: 10)")
     parser.add_argument("--output", default="tails.png", help="where to write the PNG (default: tails.png)")
     parser.add_argument("--no-plot", action="store_true", help="print the tables only")

@@ -133,8 +133,9 @@ def _crc32c_batch(buffer: np.ndarray, starts: np.ndarray, lengths: np.ndarray, l
     leading zeros, which leave a zero register unchanged), and the initial register ``0xffffffff`` is folded
     into the block's first four bytes (for a reflected CRC, starting from ``r`` equals starting from 0 with the
     first four bytes XORed with ``r``). All lanes are checksummed side by side from a zero register, one numpy
-    step per byte position; then each block's lane checksums are combined in order, ``r = Z(r) ^ c`` (``c`` the next lane's), with
-    ``Z`` the linear map "feed ``lane`` zero bytes". Blocks of fewer than four bytes take a plain loop.
+    step per byte position; then each block's lane checksums are combined in order, ``r = Z(r) ^ c`` (``c``
+    the next lane's checksum, ``Z`` the linear map "feed ``lane`` zero bytes"). Blocks of fewer than four bytes
+    take a plain loop.
     """
     table = _table()
     crc = np.empty(len(starts), dtype=np.uint32)
