@@ -278,10 +278,10 @@ def format_table(
     chosen = sorted(set(report_steps([run], steps, layer)[0]))
     header = ["layer"] + [f"{_short(stat)}@{step}" for stat in tags.STATISTICS for step in chosen]
     rows = []
-    for layer in [tags.WHOLE_MODEL, *heaviest_layers(run, sort_by, top)]:
-        cells = [layer]
+    for name in [tags.WHOLE_MODEL, *heaviest_layers(run, sort_by, top)]:
+        cells = [name]
         for stat in tags.STATISTICS:
-            values = run.statistics.get((stat, layer), {})
+            values = run.statistics.get((stat, name), {})
             cells += [_format(values.get(step)) for step in chosen]
         rows.append(cells)
     lines = [f"{run.name}: heaviest-tailed layers by {sort_by} (median over {len(logged)} logged steps)"]
