@@ -12,7 +12,8 @@ Example::
 Every event file is checked first: one that is cut short or fails a checksum stops the command with status
 2 and a one-line message naming it (where it is damaged, how many records precede the damage), unless
 ``--allow-damaged`` is given: then the records before the damage are reported, with a warning on stderr
-and a line under the run's table.
+and a line under the run's table (the way to read a run that is still being written, whose last record may
+be partial).
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-damaged",
         action="store_true",
         help="report what can be read from event files that are cut short or fail a checksum (the records "
-        "before the damage) instead of stopping with status 2",
+        "before the damage) instead of stopping with status 2; also for a run still being written, whose last "
+        "record may be partial",
     )
     return parser
 
