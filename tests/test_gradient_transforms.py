@@ -172,8 +172,22 @@ def test_composition_applies_in_the_order_named():
         (["clip"], "unknown 'clip'"),
         (("soft_clip", "soft_clip"), "named twice"),
         (42, "expected a list"),
+        ([["soft_clip"]], r"expected transform names as strings, got \['soft_clip'\]"),  # was a bare TypeError
     ],
 )
 def test_invalid_grad_transforms_are_named(value, message):
     with pytest.raises(ValueError, match=rf"Invalid grad_transforms: .*{message}"):
         check_grad_transforms(value)
+
+
+@pytest.mark.parametrize("function", [soft_clip, soft_clip_, adaptive_clip, adaptive_clip_])
+@pytest.mark.parametrize("eps", [3.5e38, 0.0, float("nan")])
+def test_an_eps_that_float32_norms_cannot_hold_is_refused(function, eps):
+    """eps=3.5e38 used to fail inside the kernel ("value cannot be converted to type float without overflow");
+    now a ValueError naming eps and the float32 bound, before the gradient is touched."""
+    grad, param = torch.randn(3, 4), torch.randn(3, 4)
+    before = grad.clone()
+    with pytest.raises(ValueError, match=r"^Invalid eps: "):
+        function(grad, param, eps=eps)
+    assert torch.equal(grad, before)
+    assert function(grad.clone(), param, eps=1e38).isfinite().all()  # the largest floors still work

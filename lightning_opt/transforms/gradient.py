@@ -76,6 +76,7 @@ def unit_rms(tensor: torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------ soft clip
 def soft_clip_scale(grad: torch.Tensor, param: torch.Tensor, eps: Scalar = SOFT_CLIP_EPS) -> torch.Tensor:
     """The per-unit factor of :func:`soft_clip`: ``min(rms(g), rms(p)) / rms(g)``, both floored at ``eps``."""
+    _check_eps(eps, SOFT_CLIP_EPS)
     grad_rms = unit_rms(grad).clamp_min(eps)
     param_rms = unit_rms(param).clamp_min(eps)
     return torch.minimum(grad_rms, param_rms) / grad_rms
@@ -94,6 +95,8 @@ def soft_clip(grad: torch.Tensor, param: torch.Tensor, eps: Scalar = SOFT_CLIP_E
             (a zero-initialised bias) gets its gradient scaled to RMS ``eps``: scale-invariant
             optimizers (Adam-like, ``AdamAtan2``, ``NSGDA``) still move it, plain SGD barely does;
             raise ``eps`` (AGC uses ``1e-3`` on norms) or exclude such parameters if that matters.
+            A number given here must be positive and representable in float32 (at most 3.4e38, the
+            precision of the norms), or ``ValueError`` is raised.
 
     Returns:
         A new tensor; ``grad`` is unchanged (see :func:`soft_clip_` for the in-place form).
@@ -164,6 +167,7 @@ def adaptive_clip_scale(
     grad: torch.Tensor, param: torch.Tensor, clipping: Scalar = AGC_CLIPPING, eps: Scalar = AGC_EPS
 ) -> torch.Tensor:
     """The per-unit factor of :func:`adaptive_clip`: 1, or ``clipping * max(|p|, eps) / |g|`` if smaller."""
+    _check_eps(eps, AGC_EPS)
     max_norm = unit_norm(param).clamp_min(eps) * clipping
     grad_norm = unit_norm(grad).clamp_min(AGC_GRAD_EPS)
     return torch.where(grad_norm > max_norm, max_norm / grad_norm, torch.ones_like(grad_norm))
@@ -179,7 +183,8 @@ def adaptive_clip(
         param: the parameter, same shape.
         clipping: the largest allowed ratio of a unit's gradient norm to its parameter norm
             (NFNets: 0.01 at batch size 4096, larger for smaller batches).
-        eps: floor on the parameter norm, so that zero-initialised units can still move.
+        eps: floor on the parameter norm, so that zero-initialised units can still move; as a number,
+            positive and at most 3.4e38 (float32), or ``ValueError`` is raised.
 
     Returns:
         A new tensor; see :func:`adaptive_clip_` for the in-place form.
@@ -203,6 +208,13 @@ def adaptive_clip_(
 ) -> torch.Tensor:
     """In-place :func:`adaptive_clip`; returns ``grad``."""
     return scale_units_(grad, adaptive_clip_scale(grad, param, clipping, eps))
+
+
+def _check_eps(eps: Scalar, default: float) -> None:
+    """Refuse a Python-number ``eps`` outside ``(0, FLOAT32_MAX]`` (the default and tensors, as the compiled
+    optimizers pass, are not checked again: this runs for every tensor at every step)."""
+    if eps is not default and not isinstance(eps, torch.Tensor):
+        check_float32("eps", eps)
 
 
 def _accumulation_dtype(tensor: torch.Tensor) -> torch.dtype:
