@@ -27,4 +27,8 @@ def atan2_direction(numerator: torch.Tensor, second_moment: torch.Tensor, denomi
     denominator = second_moment.sqrt()
     if isinstance(denominator_scale, torch.Tensor) or denominator_scale != 1.0:
         denominator.mul_(denominator_scale)
-    return torch.atan2(numerator, denominator, out=denominator)
+    if torch.compiler.is_compiling():
+        # Dynamo refuses an ``out=`` tensor that is not contiguous (a transposed or channels_last
+        # parameter); inside a graph the result is fused anyway, so there is no buffer to save.
+        return torch.atan2(numerator, denominator)
+    return torch.atan2(numerator, denominator, out=denominator)  # eager: reuse the buffer
