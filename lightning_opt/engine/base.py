@@ -17,7 +17,13 @@ import torch
 from torch._dynamo.exc import TorchDynamoException
 
 from lightning_opt.engine.buckets import Bucket, collect_buckets, reject_sparse_grads
-from lightning_opt.engine.compiled import new_compiled_bucket_runner, run_bucket, scalar_dtype
+from lightning_opt.engine.compiled import (
+    layout_key,
+    record_compile_failure,
+    run_bucket,
+    scalar_dtype,
+    shared_runner,
+)
 from lightning_opt.transforms.arith import Scalar
 from lightning_opt.transforms.gradient import AGC_CLIPPING, GradTransformsArg, check_grad_transforms
 from lightning_opt.validation import check_bool, check_float
@@ -51,7 +57,9 @@ class BaseOptimizer(torch.optim.Optimizer):
         defaults: the hyper-parameters of every group, already validated by the subclass. Only numbers,
             strings, bools and tuples: nothing callable (checkpoints load with ``weights_only=True``).
         compile: fuse each bucket's whole update with ``torch.compile``. Same numbers as the eager
-            path; the first step of each bucket compiles (tens of seconds), later steps are fast.
+            path; the first step of each bucket compiles (tens of seconds), later steps are fast. The
+            compiled graphs are shared by every optimizer of the process whose buckets have the same
+            layout (see :mod:`lightning_opt.engine.compiled`): rebuilding an optimizer does not recompile.
         skip_nonfinite: leave a tensor (its value, state and step count) untouched, with a warning, when
             its gradient holds an inf or NaN, instead of letting it corrupt the parameter and its state.
             Costs one extra read of the gradients and one host sync per device per step. Off by default,
@@ -61,6 +69,10 @@ class BaseOptimizer(torch.optim.Optimizer):
             gradient before the update, without changing ``p.grad``; stored per group, so a group may
             override it. Fused into the update under ``compile=True``.
         agc_clipping: the ``clipping`` of ``"adaptive_clip"``.
+
+    ``compile``, ``skip_nonfinite`` and ``nonfinite_skips`` survive ``copy.deepcopy`` and pickling, and
+    :meth:`load_state_dict` (a Lightning ``ckpt_path`` resume) keeps those of the optimizer it loads into:
+    a checkpoint holds only ``state`` and ``param_groups``.
     """
 
     buffer_names: ClassVar[tuple[str, ...]] = ()
@@ -92,13 +104,27 @@ class BaseOptimizer(torch.optim.Optimizer):
         self._compile = compile
         self._skip_nonfinite = skip_nonfinite
         self.nonfinite_skips = 0
-        """How many times a tensor was left untouched because its gradient was not finite."""
+        """How many times a tensor was left untouched because its gradient was not finite, since this
+        optimizer was built (copied along by ``copy.deepcopy`` and pickling; not part of ``state_dict``)."""
         self._compiled_runners: dict[tuple[int, torch.device, torch.dtype], dict[tuple[Any, ...], list[Any]]] = {}
         self._eager_fallback_warned: set[tuple[int, torch.device, torch.dtype]] = set()
-        for group in self.param_groups:
-            for param in group["params"]:
-                if param.is_complex():
-                    raise ValueError(f"Invalid params: {type(self).__name__} does not support complex parameters")
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a parameter group (``torch.optim.Optimizer.__init__`` adds the first ones through here too).
+
+        Raises:
+            ValueError: if a parameter of the group is complex (the updates are written for real tensors);
+                the optimizer is left as it was.
+        """
+        super().add_param_group(param_group)
+        for param in self.param_groups[-1]["params"]:
+            if param.is_complex():
+                self.param_groups.pop()
+                raise ValueError(
+                    f"Invalid params: {type(self).__name__} does not support complex parameters (got one of "
+                    f"dtype {param.dtype} and shape {tuple(param.shape)}); view it as real with "
+                    "torch.view_as_real and optimize that"
+                )
 
     # ----------------------------------------------------------------- what a subclass provides
     def group_hyperparameters(self, group: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
@@ -178,8 +204,8 @@ class BaseOptimizer(torch.optim.Optimizer):
         # The gradient transforms run inside the first phase, the only one that reads the gradient.
         phase_transforms = [transforms] + [()] * (len(phases) - 1)
         carried: list[dict[str, torch.Tensor]] = [{} for _ in bucket.params]
-        runners = self._compiled_runners_for(index, device, dtype, bucket, transforms) if self._compile else None
-        if runners is None:
+        layouts = self._compiled_layouts(index, device, dtype) if self._compile else None
+        if layouts is None:
             for phase, names in zip(phases, phase_transforms):
                 carried = run_bucket(
                     phase, bucket.params, bucket.grads, bucket.buffers, values, group_names, tensor_names, flags,
@@ -189,8 +215,20 @@ class BaseOptimizer(torch.optim.Optimizer):
         scalars = torch.tensor(values, dtype=scalar_dtype(dtype), device=device)
         params, grads = [_at_least_1d(p) for p in bucket.params], [_at_least_1d(g) for g in bucket.grads]
         buffers = [{name: _at_least_1d(b) for name, b in per_tensor.items()} for per_tensor in bucket.buffers]
-        for k, (runner, phase, names) in enumerate(zip(runners, phases, phase_transforms)):
-            if runner is not None:
+        signature = (transforms, *(id(p) for p in bucket.params))
+        runners = layouts.get(signature)
+        if runners is None:
+            runners = self._new_layout(
+                index, device, dtype, layouts, signature,
+                lambda: [
+                    layout_key(phase, names, flags, group_names, tensor_names, scalars, params, grads, buffers)
+                    for phase, names in zip(phases, phase_transforms)
+                ],
+            )
+        for k, (phase, names) in enumerate(zip(phases, phase_transforms)):
+            entry = runners[k] if runners else None
+            if entry is not None:
+                key, runner = entry
                 try:
                     carried = runner(
                         phase, params, grads, buffers, scalars, group_names, tensor_names, flags, carried, names
@@ -198,28 +236,34 @@ class BaseOptimizer(torch.optim.Optimizer):
                     continue
                 except TorchDynamoException as error:  # raised while compiling, before the graph changes anything
                     runners[k] = None
-                    warnings.warn(
-                        f"{type(self).__name__}: torch.compile failed for phase {self.phases[k]!r} of parameter "
-                        f"group {index} ({device}, {dtype}); that phase runs eagerly from now on, with the same "
-                        f"numbers. {type(error).__name__}: {str(error).strip().splitlines()[0] if str(error) else ''}"
-                    )
+                    message = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error) else ''}"
+                    record_compile_failure(key, message)
+                    self._warn_compile_failed(k, index, device, dtype, message)
             carried = run_bucket(
                 phase, bucket.params, bucket.grads, bucket.buffers, values, group_names, tensor_names, flags,
                 carried, names,
             )
 
-    def _compiled_runners_for(
-        self, index: int, device: torch.device, dtype: torch.dtype, bucket: Bucket, transforms: tuple[str, ...]
-    ) -> list[Callable[..., Any] | None] | None:
-        """One compiled runner per phase for this exact set of tensors (``None`` for a phase whose compile
-        failed: it runs eagerly), or ``None`` (run eagerly) once the bucket has ``max_compiled_layouts`` of
-        them. Keying by the set, rather than recompiling one function, keeps dynamo's recompile limit (a
+    def _compiled_layouts(
+        self, index: int, device: torch.device, dtype: torch.dtype
+    ) -> dict[tuple[Any, ...], list[Any]]:
+        """This bucket's runners, by set of tensors with gradients (the ids of the parameters)."""
+        return self._compiled_runners.setdefault((index, device, dtype), {})
+
+    def _new_layout(
+        self,
+        index: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        layouts: dict[tuple[Any, ...], list[Any]],
+        signature: tuple[Any, ...],
+        keys: Callable[[], list[tuple[Any, ...]]],
+    ) -> list[tuple[tuple[Any, ...], Callable[..., Any]] | None]:
+        """One ``(key, compiled runner)`` per phase for a set of tensors the bucket has not stepped yet,
+        taken from the process-wide cache (``None`` for a phase whose compile failed: it runs eagerly,
+        with one warning); or an empty list (run eagerly) once the bucket has ``max_compiled_layouts``
+        sets. Keying by the set, rather than recompiling one function, keeps dynamo's recompile limit (a
         hard error under ``fullgraph=True``) out of reach."""
-        layouts = self._compiled_runners.setdefault((index, device, dtype), {})
-        signature = (transforms, *(id(p) for p in bucket.params))
-        runners = layouts.get(signature)
-        if runners is not None:
-            return runners
         if len(layouts) >= self.max_compiled_layouts:
             if (index, device, dtype) not in self._eager_fallback_warned:
                 self._eager_fallback_warned.add((index, device, dtype))
@@ -227,24 +271,45 @@ class BaseOptimizer(torch.optim.Optimizer):
                     f"{type(self).__name__}: parameter group {index} ({device}, {dtype}) has had {len(layouts)} "
                     "different sets of parameters with gradients; further sets run eagerly"
                 )
-            return None
-        runners = layouts[signature] = [new_compiled_bucket_runner() for _ in self.phases]
+            return []
+        runners: list[tuple[tuple[Any, ...], Callable[..., Any]] | None] = []
+        for k, key in enumerate(keys()):
+            runner = shared_runner(key)
+            if isinstance(runner, str):  # another optimizer already failed to compile this layout
+                self._warn_compile_failed(k, index, device, dtype, runner)
+                runners.append(None)
+            else:
+                runners.append((key, runner))
+        layouts[signature] = runners
         return runners
 
+    def _warn_compile_failed(
+        self, phase: int, index: int, device: torch.device, dtype: torch.dtype, error: str
+    ) -> None:
+        warnings.warn(
+            f"{type(self).__name__}: torch.compile failed for phase {self.phases[phase]!r} of parameter "
+            f"group {index} ({device}, {dtype}); that phase runs eagerly from now on, with the same "
+            f"numbers. {error}"
+        )
+
     # ----------------------------------------------------------------- pickling and old checkpoints
+    _OPTIONS: ClassVar[dict[str, Any]] = {"_compile": False, "_skip_nonfinite": False, "nonfinite_skips": 0}
+    """Attributes that pickling carries and :meth:`load_state_dict` keeps, with their defaults for a
+    pickle made before they existed."""
+
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
-        state["_compile"] = self._compile
-        state["_skip_nonfinite"] = self._skip_nonfinite
+        for name in self._OPTIONS:
+            state[name] = getattr(self, name)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        compile_flag = state.pop("_compile", False)
-        skip_nonfinite = state.pop("_skip_nonfinite", False)
+        # torch's load_state_dict calls this on the live optimizer with only "state" and "param_groups":
+        # an option missing from ``state`` keeps the value it has here, and a fresh copy gets the default.
+        options = {name: state.pop(name, getattr(self, name, default)) for name, default in self._OPTIONS.items()}
         super().__setstate__(state)
-        self._compile = compile_flag
-        self._skip_nonfinite = skip_nonfinite
-        self.nonfinite_skips = 0
+        for name, value in options.items():
+            setattr(self, name, value)
         self._compiled_runners = {}
         self._eager_fallback_warned = set()
         for group in self.param_groups:  # groups saved before a hyper-parameter was added get its default
