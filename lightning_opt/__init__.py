@@ -3,14 +3,35 @@
 Importing this package makes every optimizer resolvable by its short name in ``LightningCLI``
 (``--optimizer AdaLo``), because the classes below are then subclasses of ``torch.optim.Optimizer``
 defined in public modules.
+
+The optimizers, the registry and the factory need only torch; the callbacks, which need Lightning, are
+imported on first use (``lightning_opt.LossFeeder``, ``from lightning_opt import SoftClip``), so that
+``lightning-opt optimizers`` and code that only builds optimizers do not pay for importing Lightning. In a
+LightningCLI, give callbacks by their full path (``--trainer.callbacks+=lightning_opt.LossFeeder``) or
+``import lightning_opt.callbacks`` first to make their short names resolvable.
 """
 
-from lightning_opt.callbacks import AdaptiveGradientClipping, GradientCentralization, LossFeeder, SoftClip
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from lightning_opt.factories import build_optimizer, param_groups_for_weight_decay
 from lightning_opt.optim import NSGDA, AdaLo, AdamAtan2
 from lightning_opt.registry import REGISTRY, OptimizerSpec, get_spec
 
+if TYPE_CHECKING:
+    from lightning_opt.callbacks import AdaptiveGradientClipping, GradientCentralization, LossFeeder, SoftClip
+
 __version__ = "0.1.0"
+
+_LAZY = {
+    "AdaptiveGradientClipping": "lightning_opt.callbacks",
+    "GradientCentralization": "lightning_opt.callbacks",
+    "LossFeeder": "lightning_opt.callbacks",
+    "SoftClip": "lightning_opt.callbacks",
+}
+"""Public names whose module imports Lightning: imported when first looked up."""
 
 __all__ = [
     "NSGDA",
@@ -26,3 +47,17 @@ __all__ = [
     "SoftClip",
     "param_groups_for_weight_decay",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import the Lightning callbacks on first use (PEP 562)."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lightning_opt' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -127,15 +127,44 @@ def build_optimizer(
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": lr_scheduler, "interval": interval, "frequency": 1}}
 
 
-def resolve_optimizer_class(name: str) -> type[torch.optim.Optimizer]:
-    """The class for a registered name (case-insensitive) or a ``torch.optim`` class name."""
+def optimizer_class_for_name(name: str) -> type[torch.optim.Optimizer] | None:
+    """The class a short optimizer name stands for, or ``None``: the one naming rule of the package.
+
+    A registered name (``AdaLo``, ``NSGDA``, ``AdamAtan2``) or else a ``torch.optim`` class name (``AdamW``,
+    ``SGD``), both case-insensitive. :func:`build_optimizer` and ``lightning-opt fit --optimizer NAME`` use it.
+
+    Args:
+        name: the short name.
+
+    Example:
+        >>> optimizer_class_for_name("adamw") is torch.optim.AdamW, optimizer_class_for_name("ADALO").__name__
+        (True, 'AdaLo')
+    """
     spec = find_spec(name)
     if spec is not None:
         return spec.cls
-    candidate = getattr(torch.optim, str(name), None)
-    if inspect.isclass(candidate) and issubclass(candidate, torch.optim.Optimizer) and candidate is not torch.optim.Optimizer:
-        return candidate
-    raise ValueError(f"Invalid name: {name!r} (expected one of {', '.join(REGISTRY)} or a torch.optim class name)")
+    return _torch_optimizers().get(str(name).lower())
+
+
+def resolve_optimizer_class(name: str) -> type[torch.optim.Optimizer]:
+    """The class for a registered or ``torch.optim`` name, case-insensitive; ``ValueError`` naming it if none."""
+    cls = optimizer_class_for_name(name)
+    if cls is None:
+        raise ValueError(
+            f"Invalid name: {name!r} (expected one of {', '.join(REGISTRY)} or a torch.optim class name, any case)"
+        )
+    return cls
+
+
+def _torch_optimizers() -> dict[str, type[torch.optim.Optimizer]]:
+    """``torch.optim``'s optimizer classes by lower-case name."""
+    found = {}
+    for attribute in dir(torch.optim):
+        candidate = getattr(torch.optim, attribute)
+        if inspect.isclass(candidate) and issubclass(candidate, torch.optim.Optimizer):
+            if candidate is not torch.optim.Optimizer:
+                found[attribute.lower()] = candidate
+    return found
 
 
 def _resolve_scheduler(scheduler: Union[str, type]) -> type:

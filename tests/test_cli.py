@@ -202,7 +202,7 @@ def test_optimizer_help_shows_the_documented_arguments(
     ("value", "expected"),
     [
         ("AdaLoo", ["Invalid --optimizer: 'AdaLoo'", "Did you mean 'AdaLo'", "AdaLo, NSGDA, AdamAtan2"]),
-        ("adamatan2", ["Invalid --optimizer: 'adamatan2'", "Did you mean 'AdamAtan2'?"]),
+        ("adamatan", ["Invalid --optimizer: 'adamatan'", "Did you mean 'AdamAtan2'"]),  # any case, still close
         ("lightning_opt.Nope", ["lightning_opt.Nope"]),
     ],
 )
