@@ -26,7 +26,13 @@ EMBEDDING_TYPES: tuple[type[nn.Module], ...] = (nn.Embedding, nn.EmbeddingBag)
 
 
 def default_no_decay(name: str, param: nn.Parameter, module: nn.Module) -> bool:
-    """The usual exemptions from weight decay: biases and other 0-d/1-d tensors, norm layers, embeddings."""
+    """The usual exemptions from weight decay: biases and other 0-d/1-d tensors, norm layers, embeddings.
+
+    Unlike timm's ``param_groups_weight_decay`` (which exempts only 0-d/1-d tensors and biases), the weights
+    of ``nn.Embedding`` / ``nn.EmbeddingBag`` are exempt too: decay pulls rarely seen tokens' vectors to zero
+    between their updates. A classifier head tied to an embedding shares its weight, and a parameter with
+    several owners is exempt if any owner exempts it, so a tied head is not decayed either.
+    """
     return param.ndim <= 1 or name.endswith(".bias") or isinstance(module, NORM_TYPES + EMBEDDING_TYPES)
 
 
@@ -34,15 +40,34 @@ def param_groups_for_weight_decay(
     module: nn.Module,
     weight_decay: float,
     no_decay: Union[NoDecayRule, Sequence[str], None] = None,
+    *,
+    replace_default: bool = False,
 ) -> list[dict[str, Any]]:
     """Split the trainable parameters of ``module`` into a decayed group and a group with no weight decay.
+
+    A parameter is exempt from decay when any of these says so:
+
+    1. the default rule :func:`default_no_decay` (biases, 0-d/1-d tensors, norm layers, embeddings), unless
+       ``replace_default=True``;
+    2. ``no_decay``: patterns or a rule function, which *add* exemptions to the default;
+    3. the model itself, as timm models declare it: ``no_weight_decay()`` of the module or of any submodule
+       returns parameter names (relative to that submodule, ``fnmatch`` patterns allowed: ``{"pos_embed",
+       "cls_token"}``), ``no_weight_decay_keywords()`` returns substrings of names
+       (``{"relative_position_bias_table"}``). This is the model author's statement and always applies.
+
+    With the defaults the split equals timm's ``param_groups_weight_decay(model, wd,
+    no_weight_decay_list=model.no_weight_decay())`` except that embedding weights (and heads tied to them)
+    are exempt here; ``no_decay=lambda name, p, m: p.ndim <= 1 or name.endswith(".bias"),
+    replace_default=True`` reproduces timm's split exactly.
 
     Args:
         module: the model; parameters with ``requires_grad=False`` are left out.
         weight_decay: the decay of the first group; the second group gets 0.
-        no_decay: which parameters are exempt: a rule function, a list of ``fnmatch`` patterns on the
-            qualified parameter name (``["*.bias", "embed.*"]``), or ``None`` for
-            :func:`default_no_decay`.
+        no_decay: more exemptions: a rule function ``(name, param, owning_module) -> bool`` or a list of
+            ``fnmatch`` patterns on the qualified parameter name (``["pos_embed", "*.gamma"]``); ``None``
+            for none.
+        replace_default: use ``no_decay`` instead of the default rule (it then needs a ``no_decay``;
+            ``no_decay=[]`` decays everything the model does not exempt itself).
 
     Returns:
         Up to two groups, decayed first (empty ones are dropped), each with ``params`` and ``weight_decay``.
@@ -51,8 +76,22 @@ def param_groups_for_weight_decay(
         >>> model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
         >>> [len(g["params"]) for g in param_groups_for_weight_decay(model, 0.1)]
         [1, 3]
+        >>> [len(g["params"]) for g in param_groups_for_weight_decay(model, 0.1, no_decay=["0.weight"])]
+        [4]
+        >>> [len(g["params"]) for g in param_groups_for_weight_decay(model, 0.1, [], replace_default=True)]
+        [4]
     """
-    rule = _as_rule(no_decay)
+    if not isinstance(replace_default, bool):
+        raise ValueError(f"Invalid replace_default: {replace_default!r} (expected True or False)")
+    if replace_default and no_decay is None:
+        raise ValueError("Invalid no_decay: None with replace_default=True (give the rule that replaces the default)")
+    extra = _as_rule(no_decay)
+    declared = _declared_by_model(module)
+
+    def rule(name: str, param: nn.Parameter, owner: nn.Module) -> bool:
+        by_default = not replace_default and default_no_decay(name, param, owner)
+        return by_default or extra(name, param, owner) or declared(name)
+
     exempt_by_id: dict[int, bool] = {}
     params_by_id: dict[int, nn.Parameter] = {}
     # A parameter shared by several modules (tied embedding and output layer) is exempt if any owner exempts it.
@@ -69,12 +108,41 @@ def param_groups_for_weight_decay(
     return [group for group in groups if group["params"]]
 
 
+def _declared_by_model(module: nn.Module) -> Callable[[str], bool]:
+    """Names the model exempts itself: ``no_weight_decay()`` / ``no_weight_decay_keywords()`` of any submodule."""
+    patterns: list[str] = []
+    keywords: list[tuple[str, str]] = []
+    for prefix, child in module.named_modules():
+        dot = f"{prefix}." if prefix else ""
+        for method, into in (("no_weight_decay", "patterns"), ("no_weight_decay_keywords", "keywords")):
+            declare = getattr(type(child), method, None)
+            if not callable(declare):
+                continue
+            names = getattr(child, method)()
+            if isinstance(names, str) or not all(isinstance(name, str) for name in names):
+                raise ValueError(
+                    f"Invalid {type(child).__name__}.{method}(): {names!r} (expected a set of parameter names)"
+                )
+            if into == "patterns":
+                patterns += [dot + name for name in names]
+            else:
+                keywords += [(dot, keyword) for keyword in names]
+
+    def declared(name: str) -> bool:
+        if any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns):
+            return True
+        return any(name.startswith(dot) and keyword in name[len(dot) :] for dot, keyword in keywords)
+
+    return declared
+
+
 def build_optimizer(
     model: Union[nn.Module, Iterable[nn.Parameter]],
     name: str,
     *,
     weight_decay: float | None = None,
     no_decay: Union[NoDecayRule, Sequence[str], None] = None,
+    replace_default: bool = False,
     scheduler: Union[str, type[torch.optim.lr_scheduler.LRScheduler], None] = None,
     scheduler_kwargs: dict[str, Any] | None = None,
     interval: str = "step",
@@ -89,7 +157,10 @@ def build_optimizer(
             ``lightning-opt optimizers``) or any ``torch.optim`` class name (``"AdamW"``) for baselines.
         weight_decay: decay of the decayed group; ``None`` keeps the optimizer's default. The no-decay
             group always gets 0.
-        no_decay: which parameters are exempt from decay, see :func:`param_groups_for_weight_decay`.
+        no_decay: exemptions from decay added to the default rule (biases, 0-d/1-d tensors, norms,
+            embeddings, and what the model's ``no_weight_decay()`` names), see
+            :func:`param_groups_for_weight_decay`.
+        replace_default: use ``no_decay`` instead of the default rule.
         scheduler: optional ``torch.optim.lr_scheduler`` class or class name (``"CosineAnnealingLR"``).
         scheduler_kwargs: keyword arguments of the scheduler.
         interval: ``"step"`` or ``"epoch"``: when Lightning steps the scheduler.
@@ -110,7 +181,7 @@ def build_optimizer(
     if weight_decay is None:
         weight_decay = _default_weight_decay(optimizer_cls)
     if isinstance(model, nn.Module):
-        params: Any = param_groups_for_weight_decay(model, weight_decay, no_decay)
+        params: Any = param_groups_for_weight_decay(model, weight_decay, no_decay, replace_default=replace_default)
     else:
         params = [{"params": list(model), "weight_decay": weight_decay}]
     if "weight_decay" not in inspect.signature(optimizer_cls).parameters:
@@ -182,7 +253,7 @@ def _default_weight_decay(optimizer_cls: type) -> float:
 
 def _as_rule(no_decay: Union[NoDecayRule, Sequence[str], None]) -> NoDecayRule:
     if no_decay is None:
-        return default_no_decay
+        return lambda name, param, module: False
     if callable(no_decay):
         return no_decay
     if isinstance(no_decay, str) or not all(isinstance(pattern, str) for pattern in no_decay):

@@ -81,16 +81,53 @@ def test_empty_groups_are_dropped():
     assert param_groups_for_weight_decay(frozen, 0.1) == []
 
 
-def test_pattern_override_replaces_the_default_rule():
+DEFAULT_EXEMPT = {
+    "embed.weight",
+    "fc1.bias",
+    "norm.weight",
+    "norm.bias",
+    "bn.weight",
+    "bn.bias",
+    "shared.bias",
+    "head.bias",
+    "scale",
+}
+
+
+def test_pattern_override_adds_to_the_default_rule():
+    """``no_decay`` adds exemptions: naming one more parameter must not make biases and norm weights decay."""
     model = Net()
-    groups = param_groups_for_weight_decay(model, 0.2, no_decay=["*.bias", "embed.*"])
+    groups = param_groups_for_weight_decay(model, 0.2, no_decay=["conv.*"])
+    assert _names(model, groups[1]["params"]) == DEFAULT_EXEMPT | {"conv.weight"}
+    assert _names(model, groups[0]["params"]) == {"fc1.weight", "shared.weight"}
+    assert groups[0]["weight_decay"] == 0.2 and groups[1]["weight_decay"] == 0.0
+    # fnmatch is case-sensitive and matches the whole qualified name: these add nothing
+    groups = param_groups_for_weight_decay(model, 0.2, no_decay=["CONV.*", "fc1"])
+    assert _names(model, groups[1]["params"]) == DEFAULT_EXEMPT
+
+
+def test_replace_default_uses_only_the_given_rule():
+    model = Net()
+    groups = param_groups_for_weight_decay(model, 0.2, no_decay=["*.bias", "embed.*"], replace_default=True)
     exempt = _names(model, groups[1]["params"])
     assert exempt == {"fc1.bias", "norm.bias", "bn.bias", "shared.bias", "head.bias", "embed.weight"}
     assert {"norm.weight", "bn.weight", "scale", "fc1.weight"} <= _names(model, groups[0]["params"])
-    assert groups[0]["weight_decay"] == 0.2 and groups[1]["weight_decay"] == 0.0
-    # fnmatch is case-sensitive and matches the whole qualified name
-    groups = param_groups_for_weight_decay(model, 0.2, no_decay=["BIAS", "fc1"])
-    assert len(groups) == 1
+    everything = param_groups_for_weight_decay(model, 0.2, no_decay=[], replace_default=True)
+    assert len(everything) == 1 and everything[0]["weight_decay"] == 0.2
+    optimizer = build_optimizer(model, "AdamW", weight_decay=0.2, no_decay=[], replace_default=True)
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.2]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"replace_default": True}, r"^Invalid no_decay: None with replace_default=True"),
+        ({"no_decay": [], "replace_default": 1}, r"^Invalid replace_default: 1 \(expected True or False\)"),
+    ],
+)
+def test_invalid_replace_default(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        param_groups_for_weight_decay(Net(), 0.1, **kwargs)
 
 
 def test_callable_override_gets_name_parameter_and_owning_module():
@@ -102,6 +139,8 @@ def test_callable_override_gets_name_parameter_and_owning_module():
         return isinstance(module, nn.Conv1d) or name == "scale"
 
     groups = param_groups_for_weight_decay(model, 0.1, no_decay=rule)
+    assert _names(model, groups[1]["params"]) == DEFAULT_EXEMPT | {"conv.weight"}  # added to the default
+    groups = param_groups_for_weight_decay(model, 0.1, no_decay=rule, replace_default=True)
     assert _names(model, groups[1]["params"]) == {"conv.weight", "scale"}
     assert ("conv.weight", "Conv1d", (8, 8, 3)) in seen and ("scale", "Net", ()) in seen
     assert ("fc1.bias", "Linear", (8,)) in seen
