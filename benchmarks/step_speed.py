@@ -8,8 +8,12 @@ its ideal fused step must read and write divided by the copy bandwidth measured 
 
 Usage::
 
-    python benchmarks/step_speed.py                 # all candidates, 30 timed steps each
-    python benchmarks/step_speed.py --steps 10 --only AdaLo AdamW-fused
+    .venv/bin/python benchmarks/step_speed.py                 # all candidates, 30 timed steps each
+    .venv/bin/python benchmarks/step_speed.py --steps 10 --only AdaLo AdamW-fused
+    .venv/bin/python benchmarks/step_speed.py --help          # lists the candidates
+
+An unknown name after ``--only`` stops the script (exit status 2, one line listing the candidates) before
+anything runs or the saved results are overwritten.
 """
 
 from __future__ import annotations
@@ -128,23 +132,48 @@ def step(candidate: Candidate, optimizer: torch.optim.Optimizer) -> None:
     optimizer.step()
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser(names: list[str]) -> argparse.ArgumentParser:
+    """The command line; ``names`` are the candidates, listed in ``--help``."""
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="candidates: " + ", ".join(names),
+    )
     parser.add_argument("--steps", type=int, default=30, help="timed steps per candidate")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per candidate (the first compiles)")
-    parser.add_argument("--only", nargs="*", help="candidate names to run (default: all)")
+    parser.add_argument(
+        "--only", nargs="+", metavar="NAME", help="candidate names to run (default: all; see the list below)"
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/step_speed.json"))
     parser.add_argument(
         "--warm-cache",
         action="store_true",
         help="reuse inductor's on-disk caches (default: a fresh cache, so 'first step' is a cold compile)",
     )
+    return parser
+
+
+def unknown_names_message(only: list[str] | None, names: list[str]) -> str | None:
+    """One line naming the ``--only`` values that are not candidates, and the candidates; ``None`` if all are."""
+    unknown = [name for name in only or () if name not in names]
+    if not unknown:
+        return None
+    return f"step_speed.py: error: unknown --only {', '.join(map(repr, unknown))}; candidates: {', '.join(names)}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    all_candidates = candidates()
+    names = [candidate.name for candidate in all_candidates]
+    parser = build_parser(names)
     args = parser.parse_args(argv)
+    problem = unknown_names_message(args.only, names)
+    if problem is not None:
+        print(problem, file=sys.stderr)
+        sys.exit(2)
     if not args.warm_cache:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-cold-")
         torch._inductor.config.fx_graph_cache = False
 
-    chosen = [c for c in candidates() if not args.only or c.name in args.only]
+    chosen = [c for c in all_candidates if not args.only or c.name in args.only]
     numel = sum(torch.Size(shape).numel() for shape in STANDARD_SHAPES)
     print(f"{len(STANDARD_SHAPES)} fp32 tensors, {numel / 1e6:.1f}M parameters, {torch.get_num_threads()} threads")
 
