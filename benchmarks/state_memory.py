@@ -6,7 +6,7 @@ and divided by the number of parameters.
 
 Usage::
 
-    python benchmarks/state_memory.py
+    .venv/bin/python benchmarks/state_memory.py
 """
 
 from __future__ import annotations

@@ -17,8 +17,8 @@ caches the hook leaves cold for the training step after it).
 
 Usage::
 
-    python benchmarks/tail_monitor_overhead.py                 # 20 epochs, 5 rounds
-    python benchmarks/tail_monitor_overhead.py --epochs 5 --repeats 3
+    .venv/bin/python benchmarks/tail_monitor_overhead.py        # 20 epochs, 5 rounds
+    .venv/bin/python benchmarks/tail_monitor_overhead.py --epochs 5 --repeats 3
 """
 
 from __future__ import annotations
