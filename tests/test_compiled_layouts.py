@@ -88,19 +88,25 @@ def _four_d(generator: torch.Generator) -> torch.Tensor:
     return torch.randn(4, 3, 2, 5, generator=generator)
 
 
-LAYOUTS = {"transposed": _transposed, "channels_last": _channels_last, "4d": _four_d}
+def _matrix(generator: torch.Generator) -> torch.Tensor:
+    return torch.randn(8, 32, generator=generator)  # rows of 32: vectorised rows failed, (4, 3) did not
+
+
+LAYOUTS = {"transposed": _transposed, "channels_last": _channels_last, "4d": _four_d, "matrix": _matrix}
 LAYOUT_CASES = [
     pytest.param(AdamAtan2, {}, "transposed", id="AdamAtan2-transposed"),
     pytest.param(AdamAtan2, {}, "channels_last", id="AdamAtan2-channels_last"),
     pytest.param(AdaLo, {"grad_transforms": ["centralize"]}, "4d", id="AdaLo-centralize-4d"),
     pytest.param(AdamAtan2, {"grad_transforms": ["centralize"]}, "4d", id="AdamAtan2-centralize-4d"),
+    pytest.param(AdaLo, {"grad_transforms": ["centralize"]}, "matrix", id="AdaLo-centralize-matrix"),
 ]
 
 
 @pytest.mark.parametrize(("cls", "kwargs", "layout"), LAYOUT_CASES)
 def test_layout_compiles_and_matches_eager(cls: type, kwargs: dict, layout: str) -> None:
     """Each of these fell back to eager with "torch.compile failed" (a non-contiguous ``out=`` tensor in
-    atan2; inductor's ``KeyError: 'buf6'`` for centralize on 4-D); the warning is an error here."""
+    atan2; inductor's ``KeyError: 'buf6'`` for centralize on 4-D weights and on matrices); the warning is an
+    error here."""
     generator = torch.Generator().manual_seed(0)
     make = LAYOUTS[layout]
     values = [make(generator), torch.randn(4, generator=generator)]

@@ -160,10 +160,10 @@ def centralize_(grad: torch.Tensor) -> torch.Tensor:
 
 def _unit_mean(grad: torch.Tensor) -> torch.Tensor:
     dtype = _accumulation_dtype(grad)
-    if grad.dim() > 2 and grad.device.type == "cpu" and torch.compiler.is_compiling():
-        # Inductor's C++ backend (torch 2.13) fails to generate code for a mean over two or more trailing
-        # dimensions fused with the update that reads it ("KeyError: 'buf6'"); the same sums as a
-        # matrix-vector product, an external kernel that it does not fuse, compile on every shape.
+    if grad.device.type == "cpu" and torch.compiler.is_compiling():
+        # Inductor's C++ backend (torch 2.13) fails to generate code for a per-row mean fused with the
+        # update that reads it ("KeyError: 'buf6'": 3-D and 4-D weights, and some sets of matrices); the
+        # same sums as a matrix-vector product, an external kernel that it does not fuse, compile.
         rows = grad.reshape(grad.shape[0], -1).to(dtype)
         sums = rows @ torch.ones(rows.shape[1], 1, dtype=dtype, device=grad.device)
         return (sums / rows.shape[1]).view(-1, *([1] * (grad.dim() - 1))).to(grad.dtype)
