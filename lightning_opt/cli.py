@@ -6,6 +6,10 @@ subcommands (``fit``, ``validate``, ``test``, ``predict``) there is ``lightning-
 lists the registry, and ``lightning-opt tails LOGDIR...``, the gradient-tail report of logged runs
 (:mod:`lightning_opt.tails.command`).
 
+This module is the light entry point: it imports torch and the registry, not Lightning, so that
+``lightning-opt optimizers`` starts quickly. The Lightning subcommands import
+:mod:`lightning_opt.lightning_cli` (the ``LightningOptCLI`` class and the fit report) when they run.
+
 Example::
 
     lightning-opt optimizers
