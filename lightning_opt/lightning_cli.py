@@ -51,6 +51,9 @@ RECIPE_MODULES = ("lightning_opt.recipes.", "recipes.")
 
 _OVERRIDE_WARNING = r".*configure_optimizers` will be overridden by"
 
+_PROBED_MODULES = ("lightning_opt.", "torch.optim.")
+"""Optimizers whose constructor is cheap and free of side effects: checked right after parsing."""
+
 
 # ------------------------------------------------------------------------------------------------ help text
 _ROLE = re.compile(r":(?:py:)?(?:mod|class|func|meth|attr|obj|data|exc|ref|doc|const):`~?([^`<]*?)(?:\s*<[^>]*>)?`")
@@ -348,6 +351,27 @@ class LightningOptCLI(LightningCLI):
                 if problem is not None:
                     parser.error(problem)
         super().parse_arguments(parser, args)
+        self._check_optimizer_arguments()
+
+    def _check_optimizer_arguments(self) -> None:
+        """Build the package's or torch's optimizer once on a probe tensor, so that a bad argument is reported
+        before anything else runs (seeding, data, model); other optimizer classes are left to the real build."""
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else self.config
+        node = config.get("optimizer")
+        cls = _import_class(getattr(node, "class_path", None))
+        if cls is None or not cls.__module__.startswith(_PROBED_MODULES):
+            return
+        init_args = getattr(node, "init_args", None)
+        kwargs = init_args.as_dict() if init_args is not None else {}
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                cls([torch.zeros(2, 2, requires_grad=True)], **kwargs)
+        except (ValueError, TypeError) as error:
+            line = explain_init_error(error, config)
+            if line is not None:
+                exit_with_one_line(f"{self.parser.prog} {subcommand or ''}".strip(), line)
 
     @override
     def before_instantiate_classes(self) -> None:
