@@ -33,6 +33,7 @@ def quick_fit_args(tmp_path: Path, *extra: str) -> list[str]:
         "--config",
         str(CONFIG),
         f"--trainer.logger.save_dir={tmp_path}",
+        "--trainer.accelerator=cpu",
         "--trainer.max_epochs=1",
         "--trainer.limit_train_batches=2",
         "--trainer.limit_val_batches=1",

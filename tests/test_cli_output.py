@@ -31,6 +31,7 @@ def short_fit_args(tmp_path: Path, *extra: str) -> list[str]:
         "--config",
         str(CONFIG),
         f"--trainer.logger.save_dir={tmp_path}",
+        "--trainer.accelerator=cpu",
         "--trainer.max_epochs=2",
         "--trainer.limit_train_batches=20",
         "--trainer.limit_val_batches=5",
@@ -98,6 +99,7 @@ def test_override_warning_kept_for_other_models(tmp_path: Path) -> None:
         "--optimizer=NSGDA",
         "--trainer.logger=false",
         f"--trainer.default_root_dir={tmp_path}",
+        "--trainer.accelerator=cpu",
     ]
     assert [message for message in _warnings_of(args) if OVERRIDDEN in message]
 
