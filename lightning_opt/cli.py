@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from lightning_opt.factories import optimizer_class_for_name
+from lightning_opt.factories import optimizer_class_for_name, torch_optimizer_names
 from lightning_opt.registry import REGISTRY, OptimizerSpec, find_spec
 
 # Lightning is imported only by the subcommands that need it: the LightningCLI subclass, the fit report and
@@ -67,7 +67,7 @@ def unknown_optimizer_message(name: str) -> str | None:
     Only bare names are judged: a dotted class path, a JSON/YAML value or a file is left to LightningCLI.
     A bare name resolves when it names a registered optimizer or a ``torch.optim`` class, in any case (see
     :func:`qualify_optimizer_names`), or when it is the exact name of another ``torch.optim.Optimizer``
-    subclass that is defined.
+    subclass that is defined. The suggestions for a typo are drawn from the first two kinds only.
 
     Args:
         name: the value given after ``--optimizer`` (or ``--optimizer.help``).
@@ -84,14 +84,12 @@ def unknown_optimizer_message(name: str) -> str | None:
         return None
     if optimizer_class_for_name(name) is not None:
         return None
-    known = {cls.__name__ for cls in _subclasses(torch.optim.Optimizer)}
-    if name in known:
+    if name in {cls.__name__ for cls in _subclasses(torch.optim.Optimizer)}:
         return None
-    same_but_case = [known_name for known_name in sorted(known) if known_name.lower() == name.lower()]
-    lowered = {known_name.lower(): known_name for known_name in sorted(known)}
-    close = same_but_case or [
-        lowered[match] for match in difflib.get_close_matches(name.lower(), list(lowered), n=3, cutoff=0.6)
-    ]
+    # Suggestions come from the names of the naming rule only (the registry's, then torch.optim's), not from
+    # whatever other package happens to be imported, so that the same typo always gets the same answer.
+    lowered = {known_name.lower(): known_name for known_name in (*REGISTRY, *sorted(torch_optimizer_names()))}
+    close = [lowered[match] for match in difflib.get_close_matches(name.lower(), list(lowered), n=3, cutoff=0.6)]
     hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     return (
         f"Invalid --optimizer: {name!r} is not the name of an optimizer.{hint}\n"

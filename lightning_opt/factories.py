@@ -227,6 +227,11 @@ def resolve_optimizer_class(name: str) -> type[torch.optim.Optimizer]:
     return cls
 
 
+def torch_optimizer_names() -> list[str]:
+    """The class names of ``torch.optim``'s optimizers (``Adam``, ``AdamW``, ``SGD``...), as torch spells them."""
+    return [cls.__name__ for cls in _torch_optimizers().values()]
+
+
 def _torch_optimizers() -> dict[str, type[torch.optim.Optimizer]]:
     """``torch.optim``'s optimizer classes by lower-case name."""
     found = {}

@@ -20,29 +20,13 @@ from lightning_opt import REGISTRY, AdaLo, build_optimizer
 from lightning_opt.cli import main, qualify_optimizer_names, unknown_optimizer_message
 from lightning_opt.factories import optimizer_class_for_name
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIG = ROOT / "configs" / "digits.yaml"
+try:
+    from tests.cli_args import fit_args
+except ImportError:  # pytest's default "prepend" import mode puts tests/ itself on sys.path
+    from cli_args import fit_args
+
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def quick_fit_args(tmp_path: Path, *extra: str) -> list[str]:
-    """``fit`` with the digits config cut to two training steps, logged to tmp_path."""
-    return [
-        "fit",
-        "--config",
-        str(CONFIG),
-        f"--trainer.logger.save_dir={tmp_path}",
-        "--trainer.accelerator=cpu",
-        "--trainer.max_epochs=1",
-        "--trainer.limit_train_batches=2",
-        "--trainer.limit_val_batches=1",
-        "--trainer.num_sanity_val_steps=0",
-        "--trainer.enable_progress_bar=false",
-        "--trainer.enable_model_summary=false",
-        "--trainer.enable_checkpointing=false",
-        *extra,
-    ]
 
 
 def error_lines(err: str) -> list[str]:
@@ -82,7 +66,7 @@ def test_bad_value_is_one_line_naming_key_value_and_bound(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], options: list[str], expected: list[str]
 ) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        main(quick_fit_args(tmp_path, *options))
+        main(fit_args(tmp_path, *options))
 
     assert exit_info.value.code == 2
     lines = error_lines(capsys.readouterr().err)
@@ -93,7 +77,7 @@ def test_bad_value_is_one_line_naming_key_value_and_bound(
 
 def test_bad_value_from_the_console_script_is_one_line(tmp_path: Path) -> None:
     """The installed command, in a subprocess: status 2, one line, no traceback."""
-    command = [sys.executable, "-m", "lightning_opt.cli", *quick_fit_args(tmp_path, "--optimizer.betas", "[1.5,0.9]")]
+    command = [sys.executable, "-m", "lightning_opt.cli", *fit_args(tmp_path, "--optimizer.betas", "[1.5,0.9]")]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False, cwd=tmp_path)
 
     assert result.returncode == 2, result.stderr
@@ -170,14 +154,28 @@ def test_factory_and_cli_accept_the_same_names(spelling: str, cls: type) -> None
 def test_cli_trains_with_any_case(tmp_path: Path, spelling: str, cls: type) -> None:
     from lightning_opt.cli import LightningOptCLI
 
-    cli = LightningOptCLI(quick_fit_args(tmp_path, "--optimizer", spelling))
+    cli = LightningOptCLI(fit_args(tmp_path, "--optimizer", spelling))
     assert type(cli.trainer.optimizers[0]) is cls
     assert cli.trainer.global_step == 2
 
 
+def test_suggestions_do_not_depend_on_what_other_packages_define() -> None:
+    """Importing another package's optimizers (pytorch_optimizer defines AdaLOMO, AdaGO...) must not change the
+    answer to a typo: the suggestions come from the naming rule's names (the registry's, then torch.optim's)."""
+    before = unknown_optimizer_message("adaloo")
+
+    class AdaLoq(torch.optim.SGD):  # a close name, defined only here
+        pass
+
+    pytest.importorskip("pytorch_optimizer")
+    assert unknown_optimizer_message("adaloo") == before
+    assert before.splitlines()[0].endswith("Did you mean 'AdaLo' or 'Adam'?")
+    assert unknown_optimizer_message("AdaLoq") is None  # an exact name of a defined subclass still resolves
+
+
 def test_unknown_name_is_still_refused_with_a_suggestion(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        main(quick_fit_args(tmp_path, "--optimizer", "adaloo"))
+        main(fit_args(tmp_path, "--optimizer", "adaloo"))
     assert exit_info.value.code == 2
     expected = "Invalid --optimizer: 'adaloo' is not the name of an optimizer. Did you mean 'AdaLo'"
     assert expected in capsys.readouterr().err
