@@ -22,29 +22,13 @@ from lightning_opt import NSGDA, REGISTRY, AdaLo, AdamAtan2
 from lightning_opt.cli import LightningOptCLI, main
 from lightning_opt.recipes.digits import DigitsClassifier, DigitsDataModule
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "digits.yaml"
+try:
+    from tests.cli_args import fit_args
+except ImportError:  # pytest's default "prepend" import mode puts tests/ itself on sys.path
+    from cli_args import fit_args
+
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def quick_fit_args(tmp_path: Path, *extra: str) -> list[str]:
-    """``fit`` with the digits config cut to two training steps and one validation batch, logged to tmp_path."""
-    return [
-        "fit",
-        "--config",
-        str(CONFIG),
-        f"--trainer.logger.save_dir={tmp_path}",
-        "--trainer.accelerator=cpu",
-        "--trainer.max_epochs=1",
-        "--trainer.limit_train_batches=2",
-        "--trainer.limit_val_batches=1",
-        "--trainer.num_sanity_val_steps=0",
-        "--trainer.log_every_n_steps=1",
-        "--trainer.enable_progress_bar=false",
-        "--trainer.enable_model_summary=false",
-        "--trainer.enable_checkpointing=false",
-        *extra,
-    ]
 
 
 @pytest.mark.parametrize(
@@ -74,7 +58,7 @@ def quick_fit_args(tmp_path: Path, *extra: str) -> list[str]:
 def test_short_name_resolves_with_cli_hyperparameters(
     tmp_path: Path, name: str, cls: type[torch.optim.Optimizer], options: list[str], expected: dict[str, Any]
 ) -> None:
-    cli = LightningOptCLI(quick_fit_args(tmp_path, "--optimizer", name, *options))
+    cli = LightningOptCLI(fit_args(tmp_path, "--optimizer", name, *options))
 
     (optimizer,) = cli.trainer.optimizers
     assert type(optimizer) is cls
@@ -90,7 +74,7 @@ def test_registered_names_win_over_same_named_classes_of_other_packages(tmp_path
     public = pytest.importorskip("adam_atan2_pytorch")
     assert public.AdamAtan2.__name__ == "AdamAtan2"  # the clash is real in this process
     for args in (["--optimizer", "AdamAtan2"], ["--optimizer=AdamAtan2"]):
-        cli = LightningOptCLI(quick_fit_args(tmp_path, *args))
+        cli = LightningOptCLI(fit_args(tmp_path, *args))
         assert type(cli.trainer.optimizers[0]) is AdamAtan2
 
 
@@ -99,7 +83,7 @@ def test_console_entry_reads_sys_argv_and_qualifies_names(
 ) -> None:
     """``main()`` without arguments (the console script) rewrites sys.argv, so LightningCLI sees no args/argv mix."""
     pytest.importorskip("adam_atan2_pytorch")  # a same-named class is importable: the short name must still work
-    argv = ["lightning-opt", *quick_fit_args(tmp_path, "--optimizer", "AdamAtan2")]
+    argv = ["lightning-opt", *fit_args(tmp_path, "--optimizer", "AdamAtan2")]
     monkeypatch.setattr(sys, "argv", argv)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
@@ -111,7 +95,7 @@ def test_console_entry_reads_sys_argv_and_qualifies_names(
 
 
 def test_config_alone_trains_adalo_and_main_reports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(quick_fit_args(tmp_path)) == 0
+    assert main(fit_args(tmp_path)) == 0
 
     out = capsys.readouterr().out
     log_dir = tmp_path / "digits" / "version_0"
@@ -211,7 +195,7 @@ def test_unknown_optimizer_fails_naming_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str, expected: list[str]
 ) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        main(quick_fit_args(tmp_path, "--optimizer", value))
+        main(fit_args(tmp_path, "--optimizer", value))
 
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
@@ -221,7 +205,7 @@ def test_unknown_optimizer_fails_naming_it(
 
 def test_num_threads_must_be_positive(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        main(quick_fit_args(tmp_path, "--num_threads=0"))
+        main(fit_args(tmp_path, "--num_threads=0"))
 
     assert exit_info.value.code == 2
     assert "num_threads" in capsys.readouterr().err

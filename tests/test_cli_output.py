@@ -17,27 +17,20 @@ from lightning_opt import AdaLo, NSGDA
 from lightning_opt.callbacks import LossFeeder, SoftClip
 from lightning_opt.lightning_cli import EpochLines, LightningOptCLI, describe_callbacks, describe_optimizer
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIG = ROOT / "configs" / "digits.yaml"
-OVERRIDDEN = "configure_optimizers` will be overridden"
+try:
+    from tests.cli_args import fit_args
+except ImportError:  # pytest's default "prepend" import mode puts tests/ itself on sys.path
+    from cli_args import fit_args
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+OVERRIDDEN = "configure_optimizers` will be overridden"
 
 
 def short_fit_args(tmp_path: Path, *extra: str) -> list[str]:
     """Two epochs of 20 steps of the digits config, logged to tmp_path; the progress bar is left to the CLI."""
-    return [
-        "fit",
-        "--config",
-        str(CONFIG),
-        f"--trainer.logger.save_dir={tmp_path}",
-        "--trainer.accelerator=cpu",
-        "--trainer.max_epochs=2",
-        "--trainer.limit_train_batches=20",
-        "--trainer.limit_val_batches=5",
-        "--trainer.enable_checkpointing=false",
-        *extra,
-    ]
+    return fit_args(tmp_path, *extra, max_epochs=2, train_batches=20, val_batches=5, quiet=False)
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run_piped(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:

@@ -37,22 +37,26 @@ def _names(model: nn.Module, params) -> set[str]:
     return {by_id[id(p)] for p in params}
 
 
+DEFAULT_EXEMPT = {
+    "embed.weight",  # embedding (and, tied to it, head.weight)
+    "fc1.bias",
+    "norm.weight",
+    "norm.bias",
+    "bn.weight",
+    "bn.bias",
+    "shared.bias",
+    "head.bias",
+    "scale",
+}
+"""The parameters of ``Net`` that the default rule exempts from weight decay."""
+
+
 def test_default_split():
     model = Net()
     groups = param_groups_for_weight_decay(model, 0.1)
     assert [g["weight_decay"] for g in groups] == [0.1, 0.0]
     assert _names(model, groups[0]["params"]) == {"fc1.weight", "conv.weight", "shared.weight"}
-    assert _names(model, groups[1]["params"]) == {
-        "embed.weight",  # embedding (and, tied to it, head.weight)
-        "fc1.bias",
-        "norm.weight",
-        "norm.bias",
-        "bn.weight",
-        "bn.bias",
-        "shared.bias",
-        "head.bias",
-        "scale",
-    }
+    assert _names(model, groups[1]["params"]) == DEFAULT_EXEMPT
     all_params = [p for g in groups for p in g["params"]]
     assert len(all_params) == len({id(p) for p in all_params})  # shared and tied parameters counted once
     trainable = {id(p) for p in model.parameters() if p.requires_grad}
@@ -79,19 +83,6 @@ def test_empty_groups_are_dropped():
     assert len(groups) == 1 and groups[0]["weight_decay"] == 0.1
     frozen = nn.Linear(3, 3).requires_grad_(False)
     assert param_groups_for_weight_decay(frozen, 0.1) == []
-
-
-DEFAULT_EXEMPT = {
-    "embed.weight",
-    "fc1.bias",
-    "norm.weight",
-    "norm.bias",
-    "bn.weight",
-    "bn.bias",
-    "shared.bias",
-    "head.bias",
-    "scale",
-}
 
 
 def test_pattern_override_adds_to_the_default_rule():
