@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar, Optional, Union
 
 import torch
-from torch._dynamo.exc import TorchDynamoException
 
 from lightning_opt.engine.buckets import Bucket, collect_buckets, reject_sparse_grads
 from lightning_opt.engine.compiled import (
@@ -26,7 +25,7 @@ from lightning_opt.engine.compiled import (
 )
 from lightning_opt.transforms.arith import Scalar
 from lightning_opt.transforms.gradient import AGC_CLIPPING, GradTransformsArg, check_grad_transforms
-from lightning_opt.validation import check_bool, check_float
+from lightning_opt.validation import check_bool, check_float, check_param_group, check_param_groups
 
 Hyperparameters = Mapping[str, Scalar]
 """Numbers an update reads: Python floats on the eager path, 0-d tensors on the compiled path."""
@@ -79,6 +78,12 @@ class BaseOptimizer(torch.optim.Optimizer):
     update: ClassVar[UpdateFn]
     phases: ClassVar[tuple[str, ...]] = ("update",)
     """The names of the update functions (static methods) run in turn over each bucket."""
+    hyperparameter_check: ClassVar[Optional[Callable[..., dict[str, Any]]]] = None
+    """Validates one group's hyper-parameters and returns them normalised; its arguments are named like the
+    group's keys (``lr``, ``betas``...). Wrap it in ``staticmethod``. The engine runs it on every group
+    added (``__init__`` and ``add_param_group``, the group's own values or the defaults) and, before each
+    step, on the groups whose values changed since (a scheduler's ``lr``); see
+    :func:`~lightning_opt.validation.check_param_group`."""
     max_compiled_layouts: ClassVar[int] = 8
     """Compiled graphs kept per bucket for different sets of tensors with gradients (parameters that get
     no gradient on some steps change the set); a further set runs eagerly, with the same numbers."""
@@ -113,9 +118,14 @@ class BaseOptimizer(torch.optim.Optimizer):
         """Add a parameter group (``torch.optim.Optimizer.__init__`` adds the first ones through here too).
 
         Raises:
-            ValueError: if a parameter of the group is complex (the updates are written for real tensors);
+            ValueError: if :attr:`hyperparameter_check` refuses the group's values (the message names the
+                argument, the value, the bound and the group), or if a parameter of the group is complex (the updates are written for real tensors);
                 the optimizer is left as it was.
         """
+        check = type(self).hyperparameter_check
+        if check is not None and isinstance(param_group, dict):
+            checked = check_param_group(len(self.param_groups), param_group, self.defaults, check)
+            param_group.update({name: value for name, value in checked.items() if name in param_group})
         super().add_param_group(param_group)
         for param in self.param_groups[-1]["params"]:
             if param.is_complex():
@@ -161,6 +171,9 @@ class BaseOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         reject_sparse_grads((p for group in self.param_groups for p in group["params"]), type(self).__name__)
+        check = type(self).hyperparameter_check
+        if check is not None:  # a scheduler (or the user) may have changed a group's lr since the last step
+            check_param_groups(self, check)
         self.begin_step(loss)
         for index, group in enumerate(self.param_groups):
             numbers, flags = self.group_hyperparameters(group)
@@ -234,7 +247,7 @@ class BaseOptimizer(torch.optim.Optimizer):
                         phase, params, grads, buffers, scalars, group_names, tensor_names, flags, carried, names
                     )
                     continue
-                except TorchDynamoException as error:  # raised while compiling, before the graph changes anything
+                except _dynamo_exception() as error:  # raised while compiling, before the graph changes anything
                     runners[k] = None
                     message = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error) else ''}"
                     record_compile_failure(key, message)
@@ -315,6 +328,14 @@ class BaseOptimizer(torch.optim.Optimizer):
         for group in self.param_groups:  # groups saved before a hyper-parameter was added get its default
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
+
+
+def _dynamo_exception() -> type[Exception]:
+    """``torch._dynamo``'s base exception, imported only once a compiled runner has run (importing
+    ``torch._dynamo`` costs about 2 s, which a program that never compiles should not pay)."""
+    from torch._dynamo.exc import TorchDynamoException
+
+    return TorchDynamoException
 
 
 def _at_least_1d(tensor: torch.Tensor) -> torch.Tensor:

@@ -18,8 +18,6 @@ from lightning_opt.validation import (
     check_choice,
     check_decay_factor,
     check_float,
-    check_param_group,
-    check_param_groups,
     check_step_size,
 )
 
@@ -36,6 +34,46 @@ def transform_loss(loss: float) -> float:
     It maps a loss in ``[0, inf)`` to ``(0, 1/2]``: 1/2 for a perfect fit, towards 0 for a large loss.
     """
     return 1.0 / (2.0 + loss)
+
+
+def check_hyperparameters(
+    lr: Any, betas: Any, weight_decay: Any, kappa: Any, eps: Any, mode: Any, agc_clipping: Any = AGC_CLIPPING
+) -> dict[str, Any]:
+    """Validate AdaLo's hyper-parameters (one group's, or the defaults) and return them normalised.
+
+    The bounds, explained in :class:`AdaLo` and :mod:`lightning_opt.validation`: ``1 / kappa`` and the
+    largest step size ``lr / kappa`` below ``2**24``; ``0 <= eps < 1 / (2 * kappa)``; the decay factor
+    ``1 - lr / kappa * weight_decay`` in ``[0, 1]``.
+
+    Example:
+        >>> values = dict(lr=1.0, betas=(0.9, 0.999), weight_decay=0.01, kappa=3.0, mode="compliant")
+        >>> check_hyperparameters(eps=1e-8, **values)
+        {'lr': 1.0, 'betas': (0.9, 0.999), 'weight_decay': 0.01, 'kappa': 3.0, 'eps': 1e-08, 'mode': 'compliant', \
+'agc_clipping': 0.01}
+        >>> check_hyperparameters(eps=0.5, **values)
+        Traceback (most recent call last):
+        ...
+        ValueError: Invalid eps: 0.5 (expected < 1 / (2 * kappa) = 0.1667, the largest loss-driven step for a \
+loss >= 0: a floor at or above it makes every step eps and the loss irrelevant)
+    """
+    lr = check_float("lr", lr, low=0.0)
+    betas = check_betas(betas)
+    kappa = check_float("kappa", kappa, low=0.0, low_inclusive=False)
+    check_step_size("kappa", kappa, 1.0 / kappa, "1 / kappa")
+    check_step_size("lr", lr, lr / kappa, "lr / kappa with kappa={kappa:g}", kappa=kappa)
+    given_eps, eps = eps, check_float("eps", eps, low=0.0)
+    if not eps < 0.5 / kappa:
+        raise ValueError(
+            f"Invalid eps: {given_eps!r} (expected < 1 / (2 * kappa) = {0.5 / kappa:.4g}, the largest loss-driven step "
+            "for a loss >= 0: a floor at or above it makes every step eps and the loss irrelevant)"
+        )
+    weight_decay = check_float("weight_decay", weight_decay, low=0.0)
+    check_decay_factor(
+        "weight_decay", weight_decay, lr / kappa * weight_decay, "{lr:g} / {kappa:g} * weight_decay", lr=lr, kappa=kappa
+    )
+    mode = check_choice("mode", mode, MODES)
+    checked = dict(lr=lr, betas=betas, weight_decay=weight_decay, kappa=kappa, eps=eps, mode=mode)
+    return {**checked, "agc_clipping": check_agc_clipping(agc_clipping)}
 
 
 class AdaLo(BaseOptimizer):
@@ -113,6 +151,7 @@ class AdaLo(BaseOptimizer):
     """
 
     buffer_names = ("exp_avg",)
+    hyperparameter_check = staticmethod(check_hyperparameters)
 
     def __init__(
         self,
@@ -144,14 +183,6 @@ class AdaLo(BaseOptimizer):
         # Mutable and shared by reference: Lightning's LightningOptimizer wrapper copies this object's
         # attribute dict, so a loss fed through the wrapper must land in a container both can see.
         self._pending: dict[str, Any] = {"loss": None, "warned_distributed": False, "step_sizes": [], "hidden": []}
-
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a parameter group; its hyper-parameters (its own or the defaults) are validated as in ``__init__``."""
-        if isinstance(param_group, dict):
-            checked = check_param_group(len(self.param_groups), param_group, self.defaults, check_hyperparameters)
-            param_group.update({name: value for name, value in checked.items() if name in param_group})
-            param_group[LR_SCALES_STEP] = True
-        super().add_param_group(param_group)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         legacy = [i for i, group in enumerate(state.get("param_groups", ())) if LR_SCALES_STEP not in group]
@@ -216,7 +247,6 @@ class AdaLo(BaseOptimizer):
 
     def begin_step(self, closure_loss: torch.Tensor | None) -> None:
         fed, self._pending["loss"] = self._pending["loss"], None
-        check_param_groups(self, check_hyperparameters)  # lr may have been changed by a scheduler
         if fed is None and closure_loss is not None:
             self._warn_if_replicas_diverge()
         loss = fed if fed is not None else closure_loss
@@ -299,44 +329,3 @@ class AdaLo(BaseOptimizer):
         if flags["decay"]:
             decoupled_weight_decay_(param, hp["decay_factor"])
         add_scaled_(param, exp_avg, hp["neg_step_size"])
-
-
-def check_hyperparameters(
-    lr: Any, betas: Any, weight_decay: Any, kappa: Any, eps: Any, mode: Any, agc_clipping: Any = AGC_CLIPPING
-) -> dict[str, Any]:
-    """Validate AdaLo's hyper-parameters (one group's, or the defaults) and return them normalised.
-
-    The bounds, explained in :class:`AdaLo` and :mod:`lightning_opt.validation`: ``1 / kappa`` and the
-    largest step size ``lr / kappa`` below ``2**24``; ``0 <= eps < 1 / (2 * kappa)``; the decay factor
-    ``1 - lr / kappa * weight_decay`` in ``[0, 1]``.
-
-    Example:
-        >>> values = dict(lr=1.0, betas=(0.9, 0.999), weight_decay=0.01, kappa=3.0, mode="compliant")
-        >>> check_hyperparameters(eps=1e-8, **values)
-        {'lr': 1.0, 'betas': (0.9, 0.999), 'weight_decay': 0.01, 'kappa': 3.0, 'eps': 1e-08, 'mode': 'compliant', \
-'agc_clipping': 0.01}
-        >>> check_hyperparameters(eps=0.5, **values)
-        Traceback (most recent call last):
-        ...
-        ValueError: Invalid eps: 0.5 (expected < 1 / (2 * kappa) = 0.1667, the largest loss-driven step for a \
-loss >= 0: a floor at or above it makes every step eps and the loss irrelevant)
-    """
-    lr = check_float("lr", lr, low=0.0)
-    betas = check_betas(betas)
-    kappa = check_float("kappa", kappa, low=0.0, low_inclusive=False)
-    check_step_size("kappa", kappa, 1.0 / kappa, "1 / kappa")
-    check_step_size("lr", lr, lr / kappa, "lr / kappa with kappa={kappa:g}", kappa=kappa)
-    given_eps, eps = eps, check_float("eps", eps, low=0.0)
-    if not eps < 0.5 / kappa:
-        raise ValueError(
-            f"Invalid eps: {given_eps!r} (expected < 1 / (2 * kappa) = {0.5 / kappa:.4g}, the largest loss-driven step "
-            "for a loss >= 0: a floor at or above it makes every step eps and the loss irrelevant)"
-        )
-    weight_decay = check_float("weight_decay", weight_decay, low=0.0)
-    check_decay_factor(
-        "weight_decay", weight_decay, lr / kappa * weight_decay, "{lr:g} / {kappa:g} * weight_decay", lr=lr, kappa=kappa
-    )
-    mode = check_choice("mode", mode, MODES)
-    checked = dict(lr=lr, betas=betas, weight_decay=weight_decay, kappa=kappa, eps=eps, mode=mode)
-    return {**checked, "agc_clipping": check_agc_clipping(agc_clipping)}
-

@@ -27,10 +27,46 @@ from lightning_opt.validation import (
     check_decay_factor,
     check_float,
     check_float32,
-    check_param_group,
-    check_param_groups,
     check_step_size,
 )
+
+
+def check_hyperparameters(
+    lr: Any,
+    betas: Any,
+    weight_decay: Any,
+    a: Any,
+    b: Any,
+    cautious: Any,
+    cautious_weight_decay: Any,
+    nesterov: Any,
+    agc_clipping: Any = AGC_CLIPPING,
+) -> dict[str, Any]:
+    """Validate AdamAtan2's hyper-parameters (one group's, or the defaults) and return them normalised.
+
+    Example:
+        >>> check_hyperparameters(1e300, (0.9, 0.999), 0.0, 1.27, 1.0, False, False, False)
+        Traceback (most recent call last):
+        ...
+        ValueError: Invalid lr: 1e+300 (the largest step size lr * a * pi / 2 with a=1.27 = 1.995e+300 must be \
+below 2**24 = 16777216)
+    """
+    lr = check_float("lr", lr, low=0.0)
+    a = check_float32("a", a)
+    check_step_size("lr", lr, lr * a * math.pi / 2, "lr * a * pi / 2 with a={a:g}", a=a)
+    weight_decay = check_float("weight_decay", weight_decay, low=0.0)
+    check_decay_factor("weight_decay", weight_decay, lr * weight_decay, "{lr:g} * weight_decay", lr=lr)
+    return dict(
+        lr=lr,
+        betas=check_betas(betas),
+        weight_decay=weight_decay,
+        a=a,
+        b=check_float32("b", b),
+        cautious=check_bool("cautious", cautious),
+        cautious_weight_decay=check_bool("cautious_weight_decay", cautious_weight_decay),
+        nesterov=check_bool("nesterov", nesterov),
+        agc_clipping=check_agc_clipping(agc_clipping),
+    )
 
 
 class AdamAtan2(BaseOptimizer):
@@ -84,6 +120,7 @@ class AdamAtan2(BaseOptimizer):
     """
 
     buffer_names = ("exp_avg", "exp_avg_sq")
+    hyperparameter_check = staticmethod(check_hyperparameters)
 
     def __init__(
         self,
@@ -112,16 +149,6 @@ class AdamAtan2(BaseOptimizer):
             grad_transforms=grad_transforms,
             agc_clipping=agc_clipping,
         )
-
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a parameter group; its hyper-parameters (its own or the defaults) are validated as in ``__init__``."""
-        if isinstance(param_group, dict):
-            checked = check_param_group(len(self.param_groups), param_group, self.defaults, check_hyperparameters)
-            param_group.update({name: value for name, value in checked.items() if name in param_group})
-        super().add_param_group(param_group)
-
-    def begin_step(self, closure_loss: torch.Tensor | None) -> None:
-        check_param_groups(self, check_hyperparameters)  # lr may have been changed by a scheduler
 
     def group_hyperparameters(self, group: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
         lr, weight_decay = group["lr"], group["weight_decay"]
@@ -170,45 +197,6 @@ class AdamAtan2(BaseOptimizer):
             else:
                 decoupled_weight_decay_(param, hp["decay_factor"])
         add_scaled_(param, direction, hp["step_size"])
-
-
-
-def check_hyperparameters(
-    lr: Any,
-    betas: Any,
-    weight_decay: Any,
-    a: Any,
-    b: Any,
-    cautious: Any,
-    cautious_weight_decay: Any,
-    nesterov: Any,
-    agc_clipping: Any = AGC_CLIPPING,
-) -> dict[str, Any]:
-    """Validate AdamAtan2's hyper-parameters (one group's, or the defaults) and return them normalised.
-
-    Example:
-        >>> check_hyperparameters(1e300, (0.9, 0.999), 0.0, 1.27, 1.0, False, False, False)
-        Traceback (most recent call last):
-        ...
-        ValueError: Invalid lr: 1e+300 (the largest step size lr * a * pi / 2 with a=1.27 = 1.995e+300 must be \
-below 2**24 = 16777216)
-    """
-    lr = check_float("lr", lr, low=0.0)
-    a = check_float32("a", a)
-    check_step_size("lr", lr, lr * a * math.pi / 2, "lr * a * pi / 2 with a={a:g}", a=a)
-    weight_decay = check_float("weight_decay", weight_decay, low=0.0)
-    check_decay_factor("weight_decay", weight_decay, lr * weight_decay, "{lr:g} * weight_decay", lr=lr)
-    return dict(
-        lr=lr,
-        betas=check_betas(betas),
-        weight_decay=weight_decay,
-        a=a,
-        b=check_float32("b", b),
-        cautious=check_bool("cautious", cautious),
-        cautious_weight_decay=check_bool("cautious_weight_decay", cautious_weight_decay),
-        nesterov=check_bool("nesterov", nesterov),
-        agc_clipping=check_agc_clipping(agc_clipping),
-    )
 
 
 def _uses_nesterov(group: dict[str, Any]) -> bool:

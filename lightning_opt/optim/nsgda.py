@@ -15,11 +15,31 @@ from lightning_opt.validation import (
     FLOAT32_MAX,
     check_float,
     check_float32,
-    check_param_group,
-    check_param_groups,
     check_probability,
     check_step_size,
 )
+
+
+def check_hyperparameters(
+    lr: Any, momentum: Any, eps: Any, weight_decay: Any, agc_clipping: Any = AGC_CLIPPING
+) -> dict[str, Any]:
+    """Validate NSGDA's hyper-parameters (one group's, or the defaults) and return them normalised.
+
+    Example:
+        >>> check_hyperparameters(lr=1.5e16, momentum=0.9, eps=1e-8, weight_decay=0.0)
+        Traceback (most recent call last):
+        ...
+        ValueError: Invalid lr: 1.5e+16 (the largest step size lr = 1.5e+16 must be below 2**24 = 16777216)
+    """
+    lr = check_float("lr", lr, low=0.0)
+    check_step_size("lr", lr, lr, "lr")
+    return dict(
+        lr=lr,
+        momentum=check_probability("momentum", momentum),
+        eps=check_float32("eps", eps),
+        weight_decay=check_float("weight_decay", weight_decay, low=0.0, high=FLOAT32_MAX),
+        agc_clipping=check_agc_clipping(agc_clipping),
+    )
 
 
 class NSGDA(BaseOptimizer):
@@ -66,6 +86,7 @@ class NSGDA(BaseOptimizer):
     """
 
     buffer_names = ("momentum_buffer",)
+    hyperparameter_check = staticmethod(check_hyperparameters)
 
     def __init__(
         self,
@@ -88,16 +109,6 @@ class NSGDA(BaseOptimizer):
             grad_transforms=grad_transforms,
             agc_clipping=agc_clipping,
         )
-
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a parameter group; its hyper-parameters (its own or the defaults) are validated as in ``__init__``."""
-        if isinstance(param_group, dict):
-            checked = check_param_group(len(self.param_groups), param_group, self.defaults, check_hyperparameters)
-            param_group.update({name: value for name, value in checked.items() if name in param_group})
-        super().add_param_group(param_group)
-
-    def begin_step(self, closure_loss: torch.Tensor | None) -> None:
-        check_param_groups(self, check_hyperparameters)  # lr may have been changed by a scheduler
 
     def group_hyperparameters(self, group: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
         numbers = {"momentum": group["momentum"], "neg_lr": -group["lr"], "weight_decay": group["weight_decay"]}
@@ -126,27 +137,6 @@ class NSGDA(BaseOptimizer):
 
     # The norm of the new momentum is needed before the parameter can move: two passes over the tensor.
     phases = ("update_momentum", "update_param")
-
-def check_hyperparameters(
-    lr: Any, momentum: Any, eps: Any, weight_decay: Any, agc_clipping: Any = AGC_CLIPPING
-) -> dict[str, Any]:
-    """Validate NSGDA's hyper-parameters (one group's, or the defaults) and return them normalised.
-
-    Example:
-        >>> check_hyperparameters(lr=1.5e16, momentum=0.9, eps=1e-8, weight_decay=0.0)
-        Traceback (most recent call last):
-        ...
-        ValueError: Invalid lr: 1.5e+16 (the largest step size lr = 1.5e+16 must be below 2**24 = 16777216)
-    """
-    lr = check_float("lr", lr, low=0.0)
-    check_step_size("lr", lr, lr, "lr")
-    return dict(
-        lr=lr,
-        momentum=check_probability("momentum", momentum),
-        eps=check_float32("eps", eps),
-        weight_decay=check_float("weight_decay", weight_decay, low=0.0, high=FLOAT32_MAX),
-        agc_clipping=check_agc_clipping(agc_clipping),
-    )
 
 
 def _norm_dtype(dtype: torch.dtype) -> torch.dtype:
