@@ -548,8 +548,9 @@ def _callback_label(callback: Callback) -> str:
 def describe_optimizer(optimizer: torch.optim.Optimizer) -> str:
     """``Name(hyper=value, ...)`` from the optimizer's defaults (the first group's values where they differ).
 
-    ``agc_clipping`` is shown only when ``"adaptive_clip"`` is among the ``grad_transforms``, which is the
-    only time it acts.
+    Only the constructor's arguments are shown, not the bookkeeping an optimizer keeps beside them in its
+    defaults (AdaLo's ``lr_scales_step``). ``agc_clipping`` is shown only when ``"adaptive_clip"`` is among
+    the ``grad_transforms``, which is the only time it acts.
 
     Args:
         optimizer: any ``torch.optim.Optimizer``.
@@ -559,11 +560,24 @@ def describe_optimizer(optimizer: torch.optim.Optimizer) -> str:
         'SGD(lr=0.1, mome'
     """
     group = optimizer.param_groups[0] if optimizer.param_groups else {}
-    values = {key: group.get(key, default) for key, default in optimizer.defaults.items()}
+    arguments = _argument_names(type(optimizer))
+    values = {
+        key: group.get(key, default)
+        for key, default in optimizer.defaults.items()
+        if arguments is None or key in arguments
+    }
     if "agc_clipping" in values and "adaptive_clip" not in (values.get("grad_transforms") or ()):
         del values["agc_clipping"]
     shown = ", ".join(f"{key}={value!r}" for key, value in values.items() if not callable(value))
     return f"{type(optimizer).__name__}({shown})"
+
+
+def _argument_names(cls: type) -> Optional[set[str]]:
+    """The names of ``cls.__init__``'s arguments, or ``None`` when its signature cannot be read."""
+    try:
+        return set(inspect.signature(cls.__init__).parameters)
+    except (TypeError, ValueError):
+        return None
 
 
 __all__ = [

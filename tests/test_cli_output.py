@@ -126,3 +126,9 @@ def test_agc_clipping_is_shown_only_when_adaptive_clip_acts() -> None:
     assert "agc_clipping" not in describe_optimizer(NSGDA(params, grad_transforms=["centralize"]))
     clipping = NSGDA(params, grad_transforms=["adaptive_clip"], agc_clipping=0.05)
     assert "agc_clipping=0.05" in describe_optimizer(clipping)
+
+
+def test_summary_shows_the_constructor_arguments_not_the_bookkeeping() -> None:
+    shown = describe_optimizer(AdaLo([torch.zeros(2, requires_grad=True)], lr=0.5))
+    assert shown.startswith("AdaLo(lr=0.5, betas=(0.9, 0.999), weight_decay=0.01, kappa=3.0")
+    assert "lr_scales_step" not in shown  # kept in AdaLo's defaults to tell old checkpoints apart
