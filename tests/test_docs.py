@@ -35,6 +35,7 @@ def test_api_reference_builds_in_strict_mode(tmp_path: Path) -> None:
         "transforms": ["lightning_opt.transforms.soft_clip"],
         "tails": ["lightning_opt.tails.statistics"],
         "losses": ["lightning_opt.losses.soft_median"],
+        "cli": ["lightning_opt.cli.main", "lightning_opt.lightning_cli.LightningOptCLI"],
         "recipes": ["lightning_opt.recipes.digits.DigitsClassifier", "lightning_opt.recipes.digits_vae.DigitsVAE"],
     }
     for page, anchors in pages.items():
