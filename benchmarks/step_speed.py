@@ -1,4 +1,5 @@
-"""Optimizer step speed on the standard 20.9M-parameter set, with ratios to baselines from the same run.
+"""Optimizer step speed on a parameter set (the standard 20.9M, GPT-2 small, or many small tensors), on the
+CPU or a GPU, with ratios to baselines from the same run.
 
 For every registered optimizer, eager and compiled (``compile=True``), beside torch's AdamW (per-tensor
 loop, foreach, fused) and public implementations of the same algorithm where one is installed
@@ -11,6 +12,12 @@ Usage::
     .venv/bin/python benchmarks/step_speed.py                 # all candidates, 30 timed steps each
     .venv/bin/python benchmarks/step_speed.py --steps 10 --only AdaLo AdamW-fused
     .venv/bin/python benchmarks/step_speed.py --help          # lists the candidates
+    .venv/bin/python benchmarks/step_speed.py --shapes many-small --tensors 2000 --only AdamW-fused AdaLo-compiled
+    .venv/bin/python benchmarks/step_speed.py --device cuda --shapes gpt2-small
+
+``--shapes`` picks the parameter set: ``standard`` (50 tensors, 20.9M parameters, the default),
+``gpt2-small`` (148 tensors, 124.4M) or ``many-small`` (``--tensors`` tensors of 256 elements, 500 by
+default: the per-tensor host work of a step). On a CUDA ``--device`` every timing waits for the GPU.
 
 An unknown name after ``--only`` stops the script (exit status 2, one line listing the candidates) before
 anything runs or the saved results are overwritten.
@@ -33,12 +40,13 @@ import torch._inductor.config
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
-    STANDARD_SHAPES,
+    SHAPE_SETS,
     BandwidthProbe,
     machine_info,
     make_params,
     markdown_table,
     median_ms,
+    shapes_named,
     timed,
     write_json,
 )
@@ -143,7 +151,12 @@ def build_parser(names: list[str]) -> argparse.ArgumentParser:
     parser.add_argument(
         "--only", nargs="+", metavar="NAME", help="candidate names to run (default: all; see the list below)"
     )
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/step_speed.json"))
+    parser.add_argument("--shapes", choices=SHAPE_SETS, default="standard", help="the parameter set (default: standard)")
+    parser.add_argument("--tensors", type=int, help="how many tensors 'many-small' has (default: 500)")
+    parser.add_argument("--device", default="cpu", help="where the parameters live: cpu (default), cuda, cuda:1...")
+    parser.add_argument(
+        "--out", type=Path, help="where the JSON results go (default: benchmarks/results/step_speed[_SHAPES_DEVICE].json)"
+    )
     parser.add_argument(
         "--warm-cache",
         action="store_true",
@@ -160,38 +173,65 @@ def unknown_names_message(only: list[str] | None, names: list[str]) -> str | Non
     return f"step_speed.py: error: unknown --only {', '.join(map(repr, unknown))}; candidates: {', '.join(names)}"
 
 
+def setup_problem(args: argparse.Namespace) -> str | None:
+    """One line saying why ``--shapes``, ``--tensors`` or ``--device`` cannot run here, or ``None``."""
+    if args.tensors is not None and (args.shapes != "many-small" or args.tensors <= 0):
+        return f"step_speed.py: error: --tensors {args.tensors} needs --shapes many-small and a count > 0"
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        return f"step_speed.py: error: --device {args.device!r} is not a device (cpu, cuda, cuda:1...)"
+    if device.type not in ("cpu", "cuda"):
+        return f"step_speed.py: error: --device {args.device!r}: only cpu and cuda are benchmarked"
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return f"step_speed.py: error: --device {args.device!r}, but CUDA is not available here"
+    return None
+
+
+def default_out(shapes: str, tensors: int | None, device: str) -> Path:
+    """``benchmarks/results/step_speed.json`` for the standard set on the CPU, else a name saying what ran."""
+    if shapes == "standard" and torch.device(device).type == "cpu":
+        return Path("benchmarks/results/step_speed.json")
+    count = f"{tensors or 500}" if shapes == "many-small" else ""
+    return Path(f"benchmarks/results/step_speed_{shapes}{count}_{str(device).replace(':', '')}.json")
+
+
 def main(argv: list[str] | None = None) -> None:
     all_candidates = candidates()
     names = [candidate.name for candidate in all_candidates]
     parser = build_parser(names)
     args = parser.parse_args(argv)
-    problem = unknown_names_message(args.only, names)
+    problem = unknown_names_message(args.only, names) or setup_problem(args)
     if problem is not None:
         print(problem, file=sys.stderr)
         sys.exit(2)
+    device = torch.device(args.device)
+    shapes = shapes_named(args.shapes, args.tensors or 500)
+    out = args.out or default_out(args.shapes, args.tensors, args.device)
     if not args.warm_cache:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-cold-")
         torch._inductor.config.fx_graph_cache = False
 
     chosen = [c for c in all_candidates if not args.only or c.name in args.only]
-    numel = sum(torch.Size(shape).numel() for shape in STANDARD_SHAPES)
-    print(f"{len(STANDARD_SHAPES)} fp32 tensors, {numel / 1e6:.1f}M parameters, {torch.get_num_threads()} threads")
+    numel = sum(torch.Size(shape).numel() for shape in shapes)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} CPU threads"
+    print(f"{args.shapes}: {len(shapes)} fp32 tensors, {numel / 1e6:.1f}M parameters, {where}")
 
     states = []
     for candidate in chosen:
-        params = make_params()
+        params = make_params(shapes, device=device)
         optimizer = candidate.build(params)
-        candidate.first_step_s = timed(lambda: step(candidate, optimizer))
+        candidate.first_step_s = timed(lambda: step(candidate, optimizer), device)
         for _ in range(args.warmup - 1):
             step(candidate, optimizer)
         states.append((candidate, optimizer))
         print(f"  ready: {candidate.name} (first step {candidate.first_step_s:.1f} s)", flush=True)
 
-    probe, bandwidths = BandwidthProbe(numel), []
+    probe, bandwidths = BandwidthProbe(numel, device), []
     for _ in range(args.steps):  # round-robin: every candidate sees the same machine conditions
         bandwidths.append(probe.sample())
         for candidate, optimizer in states:
-            candidate.samples.append(timed(lambda: step(candidate, optimizer)))
+            candidate.samples.append(timed(lambda: step(candidate, optimizer), device))
     bandwidths.sort()
     bandwidth = bandwidths[len(bandwidths) // 2]
 
@@ -228,9 +268,12 @@ def main(argv: list[str] | None = None) -> None:
     print(f"memory bandwidth (median of {len(bandwidths)}): {bandwidth / 1e9:.1f} GB/s; {args.steps} timed steps each")
     print(markdown_table(headers, rows))
     write_json(
-        args.out,
+        out,
         {
-            "machine": machine_info(),
+            "machine": machine_info(device),
+            "shapes": args.shapes,
+            "tensors": len(shapes),
+            "device": str(device),
             "numel": numel,
             "copy_bandwidth_bytes_per_s": bandwidth,
             "steps": args.steps,
@@ -238,7 +281,7 @@ def main(argv: list[str] | None = None) -> None:
             "results": records,
         },
     )
-    print(f"\nwrote {args.out}")
+    print(f"\nwrote {out}")
 
 
 if __name__ == "__main__":
