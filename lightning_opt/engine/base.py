@@ -119,8 +119,8 @@ class BaseOptimizer(torch.optim.Optimizer):
 
         Raises:
             ValueError: if :attr:`hyperparameter_check` refuses the group's values (the message names the
-                argument, the value, the bound and the group), or if a parameter of the group is complex (the updates are written for real tensors);
-                the optimizer is left as it was.
+                argument, the value, the bound and the group), or if a parameter of the group is complex
+                (the updates are written for real tensors); the optimizer is left as it was.
         """
         check = type(self).hyperparameter_check
         if check is not None and isinstance(param_group, dict):
@@ -137,9 +137,11 @@ class BaseOptimizer(torch.optim.Optimizer):
                 )
 
     # ----------------------------------------------------------------- what a subclass provides
-    def group_hyperparameters(self, group: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
+    def group_hyperparameters(self, group: dict[str, Any]) -> Optional[tuple[dict[str, float], dict[str, Any]]]:
         """Return ``(numbers, flags)`` for one step of ``group``; the numbers should be folded as far as
-        possible (``1 - lr * weight_decay`` rather than ``lr`` and ``weight_decay``) to save work per element."""
+        possible (``1 - lr * weight_decay`` rather than ``lr`` and ``weight_decay``) to save work per element.
+        Return ``None`` when the group has no step to take now: its parameters, state and step counts are
+        then left untouched, as if none had a gradient (AdaLo before its first finite loss)."""
         raise NotImplementedError
 
     def tensor_hyperparameters(self, group: dict[str, Any], step: int) -> dict[str, float]:
@@ -176,7 +178,10 @@ class BaseOptimizer(torch.optim.Optimizer):
             check_param_groups(self, check)
         self.begin_step(loss)
         for index, group in enumerate(self.param_groups):
-            numbers, flags = self.group_hyperparameters(group)
+            hyperparameters = self.group_hyperparameters(group)
+            if hyperparameters is None:
+                continue
+            numbers, flags = hyperparameters
             transforms = check_grad_transforms(group["grad_transforms"])
             if "adaptive_clip" in transforms:
                 numbers = {**numbers, "agc_clipping": group["agc_clipping"]}

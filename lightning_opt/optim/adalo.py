@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 import torch
 
@@ -182,7 +182,9 @@ class AdaLo(BaseOptimizer):
     def _reset_pending(self) -> None:
         # Mutable and shared by reference: Lightning's LightningOptimizer wrapper copies this object's
         # attribute dict, so a loss fed through the wrapper must land in a container both can see.
-        self._pending: dict[str, Any] = {"loss": None, "warned_distributed": False, "step_sizes": [], "hidden": []}
+        self._pending: dict[str, Any] = {
+            "loss": None, "warned_distributed": False, "step_sizes": [], "nonfinite_loss": False
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         legacy = [i for i, group in enumerate(state.get("param_groups", ())) if LR_SCALES_STEP not in group]
@@ -237,13 +239,7 @@ class AdaLo(BaseOptimizer):
         """
         if loss is not None:
             self.set_loss(loss)
-        try:
-            return super().step(closure)
-        finally:
-            # Gradients hidden by begin_step from groups that have no step size yet go back where they were.
-            hidden, self._pending["hidden"] = self._pending["hidden"], []
-            for param, grad in hidden:
-                param.grad = grad
+        return super().step(closure)
 
     def begin_step(self, closure_loss: torch.Tensor | None) -> None:
         fed, self._pending["loss"] = self._pending["loss"], None
@@ -261,15 +257,16 @@ class AdaLo(BaseOptimizer):
                 beta2 = group["betas"][1]
                 group["loss_average"] += (1.0 - beta2) * (transform_loss(value) - group["loss_average"])
                 group["loss_count"] += 1
-        if value is not None and not finite:
-            self._skip_groups_without_step_size(value)
+        self._pending["nonfinite_loss"] = value is not None and not finite
+        if self._pending["nonfinite_loss"]:
+            self._warn_nonfinite_loss(value)
         self._pending["step_sizes"] = [
             self.step_size(group) if group["loss_count"] else None for group in self.param_groups
         ]
 
-    def _skip_groups_without_step_size(self, value: float) -> None:
-        """After a non-finite loss: warn, and hide the gradients of groups that have never seen a finite loss
-        (they have no step size to take) until the step ends, so that they are left untouched."""
+    def _warn_nonfinite_loss(self, value: float) -> None:
+        """Say that a non-finite loss leaves the loss average as it was and, this step, the groups that have
+        never seen a finite loss untouched (they have no step size: :meth:`group_hyperparameters`)."""
         waiting = [i for i, group in enumerate(self.param_groups) if group["loss_count"] == 0]
         message = f"AdaLo got a non-finite loss ({value}); the loss average is left unchanged this step"
         if waiting:
@@ -278,11 +275,6 @@ class AdaLo(BaseOptimizer):
                 "loss has reached them yet, so they have no step size"
             )
         warnings.warn(message)
-        for index in waiting:
-            for param in self.param_groups[index]["params"]:
-                if param.grad is not None:
-                    self._pending["hidden"].append((param, param.grad))
-                    param.grad = None
 
     def _warn_if_replicas_diverge(self) -> None:
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
@@ -303,7 +295,9 @@ class AdaLo(BaseOptimizer):
         multiplier = float(group["lr"]) if group.get(LR_SCALES_STEP, True) else 1.0
         return multiplier * max(scaled / group["kappa"], group["eps"])
 
-    def group_hyperparameters(self, group: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
+    def group_hyperparameters(self, group: dict[str, Any]) -> Optional[tuple[dict[str, float], dict[str, Any]]]:
+        if group.get("loss_count", 0) == 0 and self._pending["nonfinite_loss"]:
+            return None  # no finite loss has reached this group yet: no step size to take (see begin_step)
         if group.get("loss_count", 0) == 0 and any(p.grad is not None for p in group["params"]):
             raise RuntimeError(
                 "AdaLo.step() was called but no training loss has ever reached the optimizer, so the step "
