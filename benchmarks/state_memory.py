@@ -69,7 +69,9 @@ def main(argv: list[str] | None = None) -> None:
         rows.append([name, f"{total / 2**20:.1f}", f"{total / numel:.2f}", f"{total / adamw_bytes:.2f}"])
     print(f"{len(STANDARD_SHAPES)} fp32 tensors, {numel / 1e6:.1f}M parameters")
     print(markdown_table(["optimizer", "state MiB", "bytes / param", "x AdamW"], rows))
-    write_json(args.out, {"machine": machine_info(), "numel": numel, "created": time.strftime("%F %T"), "results": records})
+    write_json(
+        args.out, {"machine": machine_info(), "numel": numel, "created": time.strftime("%F %T"), "results": records}
+    )
     print(f"\nwrote {args.out}")
 
 

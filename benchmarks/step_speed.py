@@ -87,7 +87,9 @@ class Candidate:
 def candidates() -> list[Candidate]:
     found = [
         Candidate("AdamW-loop", "AdamW", "torch loop", lambda p: torch.optim.AdamW(p, foreach=False), ADAMW_ACCESSES),
-        Candidate("AdamW-foreach", "AdamW", "torch foreach", lambda p: torch.optim.AdamW(p, foreach=True), ADAMW_ACCESSES),
+        Candidate(
+            "AdamW-foreach", "AdamW", "torch foreach", lambda p: torch.optim.AdamW(p, foreach=True), ADAMW_ACCESSES
+        ),
         Candidate("AdamW-fused", "AdamW", "torch fused", lambda p: torch.optim.AdamW(p, fused=True), ADAMW_ACCESSES),
     ]
     for spec in REGISTRY.values():
@@ -129,7 +131,9 @@ def candidates() -> list[Candidate]:
         pass
     else:
         found.append(
-            Candidate("AdamAtan2-lucidrains", "AdamAtan2", "adam-atan2-pytorch", lambda p: PublicAdamAtan2(p, lr=1e-3), 7)
+            Candidate(
+                "AdamAtan2-lucidrains", "AdamAtan2", "adam-atan2-pytorch", lambda p: PublicAdamAtan2(p, lr=1e-3), 7
+            )
         )
     return found
 
@@ -151,11 +155,15 @@ def build_parser(names: list[str]) -> argparse.ArgumentParser:
     parser.add_argument(
         "--only", nargs="+", metavar="NAME", help="candidate names to run (default: all; see the list below)"
     )
-    parser.add_argument("--shapes", choices=SHAPE_SETS, default="standard", help="the parameter set (default: standard)")
+    parser.add_argument(
+        "--shapes", choices=SHAPE_SETS, default="standard", help="the parameter set (default: standard)"
+    )
     parser.add_argument("--tensors", type=int, help="how many tensors 'many-small' has (default: 500)")
     parser.add_argument("--device", default="cpu", help="where the parameters live: cpu (default), cuda, cuda:1...")
     parser.add_argument(
-        "--out", type=Path, help="where the JSON results go (default: benchmarks/results/step_speed[_SHAPES_DEVICE].json)"
+        "--out",
+        type=Path,
+        help="where the JSON results go (default: benchmarks/results/step_speed[_SHAPES_DEVICE].json)",
     )
     parser.add_argument(
         "--warm-cache",
@@ -263,7 +271,9 @@ def main(argv: list[str] | None = None) -> None:
                 f"{candidate.first_step_s:.1f}",
             ]
         )
-    headers = ["optimizer", "path", "median ms/step", "floor ms", "x floor", *(f"x {n}" for n in reference), "first step s"]
+    headers = [
+        "optimizer", "path", "median ms/step", "floor ms", "x floor", *(f"x {n}" for n in reference), "first step s"
+    ]
     print()
     print(f"memory bandwidth (median of {len(bandwidths)}): {bandwidth / 1e9:.1f} GB/s; {args.steps} timed steps each")
     print(markdown_table(headers, rows))

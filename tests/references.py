@@ -49,7 +49,9 @@ def centralize_reference(g: torch.Tensor, mutation: str | None = None) -> torch.
     return (rows - rows.mean(dim=1, keepdim=True)).reshape(g.shape)
 
 
-def soft_clip_reference(g: torch.Tensor, p: torch.Tensor, eps: float = 1e-12, mutation: str | None = None) -> torch.Tensor:
+def soft_clip_reference(
+    g: torch.Tensor, p: torch.Tensor, eps: float = 1e-12, mutation: str | None = None
+) -> torch.Tensor:
     """The seed's soft clip: each row's gradient RMS clamped to the row's parameter RMS."""
     rows, prow = unit_rows(g), unit_rows(p)
     if mutation == "soft_clip_tensor_rms":

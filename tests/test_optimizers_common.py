@@ -291,7 +291,12 @@ MUTANTS = [
     ("AdaLo", {}, "loss_transform_1_over_1_plus_l", F32),
     ("AdaLo", {"lr": 0.5}, "lr_ignored", F32),
     ("AdaLo", {"lr": 0.5, "eps": 1e-3, "weight_decay": 0.0}, "lr_inside_max", F32),
-    ("AdamAtan2", {"grad_transforms": ("centralize", "adaptive_clip"), "agc_clipping": 0.05}, "transforms_reversed", F32),
+    (
+        "AdamAtan2",
+        {"grad_transforms": ("centralize", "adaptive_clip"), "agc_clipping": 0.05},
+        "transforms_reversed",
+        F32,
+    ),
     ("AdamAtan2", {"grad_transforms": ("centralize",)}, "gc_on_vectors", F32),
     ("NSGDA", {"lr": 1e-2, "grad_transforms": ("centralize",)}, "gc_global_mean", F32),
     ("AdaLo", {"grad_transforms": ("soft_clip",), "mode": "compliant"}, "soft_clip_tensor_rms", F32),

@@ -253,7 +253,8 @@ def check_grad_transforms(grad_transforms: GradTransformsArg) -> tuple[str, ...]
     >>> check_grad_transforms(["clip"])
     Traceback (most recent call last):
     ...
-    ValueError: Invalid grad_transforms: ['clip'] (unknown 'clip'; expected names from centralize, adaptive_clip, soft_clip)
+    ValueError: Invalid grad_transforms: ['clip'] (unknown 'clip'; expected names from centralize, adaptive_clip, \
+soft_clip)
     """
     if grad_transforms is None:
         return ()
