@@ -26,12 +26,12 @@ into the update and leaving ``p.grad`` alone) and as plain functions in
 
 from __future__ import annotations
 
+from typing import Any
+
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
-from typing import Any
-
 from typing_extensions import override
 
 from lightning_opt.callbacks.parameter_filter import ParameterFilter, Patterns
