@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from lightning_opt.arguments import map_option_values
 from lightning_opt.factories import optimizer_class_for_name, torch_optimizer_names
 from lightning_opt.registry import REGISTRY, OptimizerSpec, find_spec
 
@@ -120,18 +121,7 @@ def qualify_optimizer_names(argv: Sequence[str]) -> list[str]:
         >>> qualify_optimizer_names(["fit", "--optimizer.help", "adamw"])
         ['fit', '--optimizer.help', 'torch.optim.AdamW']
     """
-    result = list(argv)
-    for index, arg in enumerate(result):
-        if not isinstance(arg, str):
-            continue
-        key, equals, value = arg.partition("=")
-        if key not in ("--optimizer", "--optimizer.help"):
-            continue
-        if equals:
-            result[index] = f"{key}={_class_path(value)}"
-        elif index + 1 < len(result) and isinstance(result[index + 1], str):
-            result[index + 1] = _class_path(result[index + 1])
-    return result
+    return map_option_values(argv, ("--optimizer", "--optimizer.help"), _class_path)
 
 
 def _class_path(name: str) -> str:

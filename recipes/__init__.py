@@ -16,6 +16,8 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from lightning_opt.arguments import map_option_values
+
 CONFIG_DIR: Path = Path(__file__).resolve().parent.parent / "configs"
 """The folder of the recipes' YAML configs. It lies beside this package in both layouts: ``configs/`` beside
 ``recipes/`` in a checkout (and its editable install), ``lightning_opt/configs`` beside ``lightning_opt/recipes``
@@ -97,15 +99,4 @@ def resolve_config_arguments(argv: Sequence[str]) -> list[str]:
         >>> args[3] == "--config=" + str(CONFIG_DIR / "callbacks" / "agc_then_tails.yaml")
         True
     """
-    result = list(argv)
-    for index, arg in enumerate(result):
-        if not isinstance(arg, str):
-            continue
-        key, equals, value = arg.partition("=")
-        if key not in CONFIG_FLAGS:
-            continue
-        if equals:
-            result[index] = f"{key}={find_config(value)}"
-        elif index + 1 < len(result):
-            result[index + 1] = find_config(result[index + 1])
-    return result
+    return map_option_values(argv, CONFIG_FLAGS, find_config)
