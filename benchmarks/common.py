@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
+import hashlib
 import json
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
@@ -105,16 +109,66 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
     return "\n".join(lines)
 
 
+def git_commit() -> str:
+    """The checkout's ``HEAD`` commit (short hash), with ``+dirty-<digest>`` when ``lightning_opt/`` has
+    uncommitted changes (the code measured is then not that commit; the digest of its ``.py`` files tells
+    two such states apart); ``"unknown"`` outside git."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True, timeout=30
+        ).stdout.strip()
+        changes = subprocess.run(
+            ["git", "status", "--porcelain", "--", "lightning_opt"],
+            cwd=root, capture_output=True, text=True, check=True, timeout=30,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    if not changes:
+        return head
+    digest = hashlib.sha1()
+    for path in sorted((root / "lightning_opt").rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return f"{head}+dirty-{digest.hexdigest()[:8]}"
+
+
 def machine_info(device: str | torch.device = "cpu") -> dict[str, Any]:
     info = {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "processor": platform.processor() or platform.machine(),
         "python": platform.python_version(),
+        "commit": git_commit(),
     }
     if torch.device(device).type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
+
+
+def device_problem(text: str) -> str | None:
+    """Why ``--device text`` cannot be benchmarked here (one line, without the program's name), or ``None``."""
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        return f"--device {text!r} is not a device (cpu, cuda, cuda:1...)"
+    if device.type not in ("cpu", "cuda"):
+        return f"--device {text!r}: only cpu and cuda are benchmarked"
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return f"--device {text!r}, but CUDA is not available here"
+    return None
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr (``prog: error: message``) and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:  # type: ignore[override]
+        fail(self.prog, message)
+
+
+def fail(prog: str, message: str) -> NoReturn:
+    """Print ``prog: error: message`` as one line on stderr and exit with status 2 (a setup that cannot run)."""
+    print(f"{prog}: error: {' '.join(message.split())}", file=sys.stderr)
+    sys.exit(2)
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:

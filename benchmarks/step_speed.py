@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     SHAPE_SETS,
     BandwidthProbe,
+    device_problem,
     machine_info,
     make_params,
     markdown_table,
@@ -116,6 +117,17 @@ def candidates() -> list[Candidate]:
                 loss_driven=True,
             )
         )
+    spec = REGISTRY["AdamAtan2"]
+    for compiled in (False, True):
+        found.append(
+            Candidate(
+                f"AdamAtan2{'-compiled' if compiled else ''}+cautious",
+                "AdamAtan2, cautious mask",
+                "lightning-opt compiled" if compiled else "lightning-opt eager",
+                lambda p, c=compiled, cls=spec.cls: cls(p, compile=c, cautious=True),
+                spec.memory_accesses,
+            )
+        )
     found.append(
         Candidate(
             "AdamW-fused+SoftClip",
@@ -185,15 +197,8 @@ def setup_problem(args: argparse.Namespace) -> str | None:
     """One line saying why ``--shapes``, ``--tensors`` or ``--device`` cannot run here, or ``None``."""
     if args.tensors is not None and (args.shapes != "many-small" or args.tensors <= 0):
         return f"step_speed.py: error: --tensors {args.tensors} needs --shapes many-small and a count > 0"
-    try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        return f"step_speed.py: error: --device {args.device!r} is not a device (cpu, cuda, cuda:1...)"
-    if device.type not in ("cpu", "cuda"):
-        return f"step_speed.py: error: --device {args.device!r}: only cpu and cuda are benchmarked"
-    if device.type == "cuda" and not torch.cuda.is_available():
-        return f"step_speed.py: error: --device {args.device!r}, but CUDA is not available here"
-    return None
+    problem = device_problem(args.device)
+    return None if problem is None else f"step_speed.py: error: {problem}"
 
 
 def default_out(shapes: str, tensors: int | None, device: str) -> Path:

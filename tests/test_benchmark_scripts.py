@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,12 +14,15 @@ import torch
 
 from lightning_opt import REGISTRY
 
-STEP_SPEED = Path(__file__).resolve().parents[1] / "benchmarks" / "step_speed.py"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+STEP_SPEED = BENCHMARKS / "step_speed.py"
+COMPILE_TIME = BENCHMARKS / "compile_time.py"
+GPU = BENCHMARKS / "gpu.py"
 
 
-def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def _run(*args: str, cwd: Path, script: Path = STEP_SPEED) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, str(STEP_SPEED), *args], capture_output=True, text=True, timeout=300, check=False, cwd=cwd
+        [sys.executable, str(script), *args], capture_output=True, text=True, timeout=300, check=False, cwd=cwd
     )
 
 
@@ -41,7 +45,10 @@ def test_help_lists_the_candidates(tmp_path: Path) -> None:
 
     assert result.returncode == 0, result.stderr
     candidates = " ".join(result.stdout.split("candidates:", 1)[1].split())
-    for name in ("AdamW-loop", "AdamW-foreach", "AdamW-fused", "AdamW-fused+SoftClip", "AdaLo+gc+softclip", *REGISTRY):
+    for name in (
+        "AdamW-loop", "AdamW-foreach", "AdamW-fused", "AdamW-fused+SoftClip", "AdaLo+gc+softclip",
+        "AdamAtan2+cautious", "AdamAtan2-compiled+cautious", *REGISTRY,
+    ):
         assert name in candidates.replace(",", " ").split(), name
 
 
@@ -96,3 +103,78 @@ def test_gpt2_small_has_its_148_tensors_and_124m_parameters() -> None:
     assert sum(math.prod(shape) for shape in shapes) == 124_439_808  # GPT-2 small, tied head counted once
     assert len(shapes_named("many-small", 2000)) == 2000 and set(shapes_named("many-small")) == {(16, 16)}
     assert SHAPE_SETS == ("standard", "gpt2-small", "many-small")
+
+
+def test_compile_time_times_cold_compiles_in_fresh_processes_and_writes_its_table(tmp_path: Path) -> None:
+    out = tmp_path / "compile_time.json"
+    result = _run(
+        "--tensors", "1", "3", "--only", "NSGDA", "--steps", "1", "--out", str(out), cwd=tmp_path, script=COMPILE_TIME
+    )
+
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("cold first steps, many-small (256 elements a tensor)")
+    assert "| optimizer | tensors | first step s | x 1 tensors | steady ms/step |" in lines
+    rows = [line for line in lines if line.startswith("| NSGDA |")]
+    assert [row.split(" | ")[1] for row in rows] == ["1", "3"] and rows[0].split(" | ")[3] == "1.00"
+    saved = json.loads(out.read_text())
+    assert re.fullmatch(r"[0-9a-f]{7,}(\+dirty-[0-9a-f]{8})?", saved["machine"]["commit"])
+    assert [(r["optimizer"], r["tensors"]) for r in saved["results"]] == [("NSGDA", 1), ("NSGDA", 3)]
+    runs = [run for record in saved["results"] for run in record["runs"]]
+    assert all(run["first_step_s"] > 0 and run["steady_ms"] > 0 and run["graphs"] >= 1 for run in runs)
+    # Cold: each cell had its own inductor cache directory (removed afterwards) and no FX graph or AOT cache.
+    dirs = {run["caches"]["dir"] for run in runs}
+    assert len(dirs) == 2 and not any(Path(d).exists() for d in dirs)
+    assert not any(run["caches"]["fx_graph_cache"] or run["caches"]["autograd_cache"] for run in runs)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("--tensors", "50", "0"), "compile_time.py: error: --tensors 50 0: every count must be > 0"),
+        (("--tensors", "5", "5"), "compile_time.py: error: --tensors 5 5: each count once"),
+        (("--repeats", "0"), "compile_time.py: error: --repeats 0: must be >= 1"),
+        (("--only", "Foo"), "compile_time.py: error: argument --only: invalid choice: 'Foo'"),
+        (("--tensors", "many"), "compile_time.py: error: argument --tensors: invalid int value: 'many'"),
+        (("--device", "nowhere"), "compile_time.py: error: --device 'nowhere' is not a device"),
+    ],
+)
+def test_compile_time_bad_arguments_exit_2_with_one_line(tmp_path: Path, args: tuple[str, ...], expected: str) -> None:
+    result = _run(*args, "--out", str(tmp_path / "never.json"), cwd=tmp_path, script=COMPILE_TIME)
+
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(expected)
+    assert result.stdout == "" and not (tmp_path / "never.json").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+@pytest.mark.parametrize("script", [GPU, COMPILE_TIME], ids=["gpu", "compile_time"])
+def test_the_gpu_benchmarks_stop_at_once_without_cuda(tmp_path: Path, script: Path) -> None:
+    args = () if script == GPU else ("--device", "cuda")
+    result = _run(*args, cwd=tmp_path, script=script)
+
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line == {
+        GPU: f"gpu.py: error: CUDA is not available here (torch {torch.__version__}); the GPU benchmark needs an "
+        "NVIDIA GPU",
+        COMPILE_TIME: "compile_time.py: error: --device 'cuda', but CUDA is not available here",
+    }[script]
+    assert result.stdout == "" and not (tmp_path / "benchmarks").exists()
+
+
+def test_the_gpu_benchmark_runs_the_readme_table_candidates() -> None:
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from gpu import STEP_SPEED_CANDIDATES, stages
+        from step_speed import candidates
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+    names = {candidate.name for candidate in candidates()}
+    assert set(STEP_SPEED_CANDIDATES) <= names
+    commands = stages("cuda", 30, 150)
+    assert [Path(command[0]).name for command in commands] == ["step_speed.py", "step_speed.py", "compile_time.py"]
+    assert [command[command.index("--shapes") + 1] for command in commands[:2]] == ["standard", "gpt2-small"]
+    assert all(command[command.index("--device") + 1] == "cuda" for command in commands)
