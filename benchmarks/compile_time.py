@@ -17,8 +17,9 @@ Usage::
     .venv/bin/python benchmarks/compile_time.py --device cuda --repeats 3
 
 Results go to ``benchmarks/results/compile_time.json`` (``compile_time_<device>.json`` off the CPU), with the
-git commit measured. A cell that fails or runs past ``--timeout`` seconds is reported as such (exit status 1
-at the end); bad arguments stop the script before anything runs (exit status 2, one line).
+git commit measured. A cell that runs past ``--timeout`` seconds is stopped and shown as ``> T (stopped)``; one
+that fails is shown with its last error line, and the exit status is then 1. Bad arguments stop the script
+before anything runs (exit status 2, one line).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -147,7 +149,8 @@ def run_cell_here(name: str, tensors: int, device: str, steps: int) -> dict[str,
 
 
 def run_cell_cold(name: str, tensors: int, device: str, steps: int, timeout: float) -> dict[str, Any]:
-    """:func:`run_cell_here` in a fresh child process with empty compile caches; ``{"error": ...}`` if it fails."""
+    """:func:`run_cell_here` in a fresh child process with empty compile caches; ``{"error": ...}`` if it fails,
+    ``{"timeout_s": timeout}`` if it runs past ``timeout`` seconds (a measurement: the compile takes longer)."""
     cache = tempfile.mkdtemp(prefix="inductor-cold-")
     env = {**os.environ, **COLD_CACHE_ENV, "TORCHINDUCTOR_CACHE_DIR": cache,
            "TRITON_CACHE_DIR": os.path.join(cache, "triton")}
@@ -155,24 +158,31 @@ def run_cell_cold(name: str, tensors: int, device: str, steps: int, timeout: flo
         sys.executable, str(Path(__file__).resolve()), "--child", "--only", name, "--tensors", str(tensors),
         "--device", device, "--steps", str(steps),
     ]
+    # Its own process group, so that a stopped cell takes inductor's compile workers down with it.
+    child = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
-        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+        stdout, stderr = child.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        return {"error": f"timeout after {timeout:g} s"}
+        os.killpg(child.pid, signal.SIGKILL)
+        child.communicate()
+        return {"timeout_s": timeout}
     finally:
         shutil.rmtree(cache, ignore_errors=True)
-    lines = result.stdout.strip().splitlines()
-    if result.returncode != 0 or not lines:
-        last = (result.stderr.strip().splitlines() or [f"exit status {result.returncode}"])[-1]
+    lines = stdout.strip().splitlines()
+    if child.returncode != 0 or not lines:
+        last = (stderr.strip().splitlines() or [f"exit status {child.returncode}"])[-1]
         return {"error": last}
     return json.loads(lines[-1])
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Medians over the repeats of one cell (``error`` set if any repeat failed)."""
-    errors = [run["error"] for run in runs if "error" in run]
-    if errors:
-        return {"error": errors[0], "runs": runs}
+    """Medians over the repeats of one cell (``error`` or ``timeout_s`` set if any repeat failed or was stopped)."""
+    for key in ("error", "timeout_s"):
+        stopped = [run[key] for run in runs if key in run]
+        if stopped:
+            return {key: stopped[0], "runs": runs}
     keys = ("first_step_s", "build_s", "second_step_s", "steady_ms", "graphs")
     commits = sorted({run.get("commit", "unknown") for run in runs})
     return {**{key: statistics.median(run[key] for run in runs) for key in keys}, "commits": commits, "runs": runs}
@@ -204,6 +214,8 @@ def main(argv: list[str] | None = None) -> None:
                 if "error" in run:
                     failed = True
                     print(f"{label} failed: {run['error']}", flush=True)
+                elif "timeout_s" in run:
+                    print(f"{label} stopped after {run['timeout_s']:g} s (--timeout)", flush=True)
                 else:
                     print(
                         f"{label} first step {run['first_step_s']:.1f} s, then {run['steady_ms']:.2f} ms/step"
@@ -221,6 +233,8 @@ def main(argv: list[str] | None = None) -> None:
             record = {"optimizer": name, "tensors": count, **cell}
             if "error" in cell:
                 rows.append([name, count, f"failed: {cell['error']}", "", ""])
+            elif "timeout_s" in cell:
+                rows.append([name, count, f"> {cell['timeout_s']:g} (stopped)", "", ""])
             else:
                 ratio = cell["first_step_s"] / base if base else None
                 record["x_smallest"] = ratio

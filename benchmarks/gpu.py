@@ -8,7 +8,8 @@ It runs, one after the other, with every table printed and every result written 
    AdamW (fused, foreach) and AdaLo, NSGDA, AdamAtan2 eager and compiled, and cautious AdamAtan2 compiled
    (``step_speed_<shapes>_cuda.json``);
 3. ``compile_time.py --device cuda --tensors 50 500`` (cold first steps of the compiled optimizers on 50 and
-   500 tensors of 256 elements; ``compile_time_cuda.json``), each cell stopped after ``--cell-timeout`` s.
+   500 tensors of 256 elements; ``compile_time_cuda.json``), a cell stopped (and shown as ``> 90``) after
+   ``--cell-timeout`` seconds, 90 by default, so that a slow compile cannot stretch the run.
 
 On an H200 the whole run is meant to take about five minutes, most of it compiling. Without CUDA it stops at
 once with one line on stderr (exit status 2); if a stage fails the others still run and the exit status is 1.
@@ -47,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cuda", help="the CUDA device (default: cuda)")
     parser.add_argument("--steps", type=int, default=30, help="timed steps per step_speed candidate (default 30)")
     parser.add_argument(
-        "--cell-timeout", type=int, default=150, help="seconds one cold compile_time cell may take (default 150)"
+        "--cell-timeout", type=int, default=90,
+        help="seconds one cold compile_time cell may take before it is stopped and shown as '> T' (default 90)",
     )
     return parser
 
