@@ -18,6 +18,8 @@ Usage::
 ``--shapes`` picks the parameter set: ``standard`` (50 tensors, 20.9M parameters, the default),
 ``gpt2-small`` (148 tensors, 124.4M) or ``many-small`` (``--tensors`` tensors of 256 elements, 500 by
 default: the per-tensor host work of a step). On a CUDA ``--device`` every timing waits for the GPU.
+``benchmarks/gpu.py`` runs the GPU table (this script on the standard set and on GPT-2 small's shapes, then
+``compile_time.py``) in one command; ``compile_time.py`` times cold compiles against the tensor count.
 
 An unknown name after ``--only`` stops the script (exit status 2, one line listing the candidates) before
 anything runs or the saved results are overwritten.
