@@ -82,7 +82,7 @@ def test_deepcopy_and_pickle_keep_the_options_and_the_counter(spec: OptimizerSpe
     optimizer.nonfinite_skips = 3  # as if three tensors had been skipped: the counter travels with the copy
     clone = copy.deepcopy(optimizer) if how == "deepcopy" else pickle.loads(pickle.dumps(optimizer))
     assert _options(clone) == (True, True, 3)
-    assert clone._compiled_runners == {}  # type: ignore[attr-defined]
+    assert clone._plans == {}  # type: ignore[attr-defined]
 
     eager = _make(spec, _params(), skip_nonfinite=True)
     eager_clone = copy.deepcopy(eager) if how == "deepcopy" else pickle.loads(pickle.dumps(eager))

@@ -15,14 +15,14 @@ from typing import Any, ClassVar, Optional, Union
 
 import torch
 
-from lightning_opt.engine.buckets import Bucket, collect_buckets, reject_sparse_grads
 from lightning_opt.engine.compiled import (
-    layout_key,
     record_compile_failure,
-    run_bucket,
+    run_stack,
+    runner_key,
     scalar_dtype,
     shared_runner,
 )
+from lightning_opt.engine.stacks import Plan, Stack, all_finite, plan_stacks, reject_sparse_grads
 from lightning_opt.transforms.arith import Scalar
 from lightning_opt.transforms.gradient import AGC_CLIPPING, GradTransformsArg, check_grad_transforms
 from lightning_opt.validation import check_bool, check_float, check_param_group, check_param_groups
@@ -84,9 +84,10 @@ class BaseOptimizer(torch.optim.Optimizer):
     added (``__init__`` and ``add_param_group``, the group's own values or the defaults) and, before each
     step, on the groups whose values changed since (a scheduler's ``lr``); see
     :func:`~lightning_opt.validation.check_param_group`."""
-    max_compiled_layouts: ClassVar[int] = 8
-    """Compiled graphs kept per bucket for different sets of tensors with gradients (parameters that get
-    no gradient on some steps change the set); a further set runs eagerly, with the same numbers."""
+    max_kept_plans: ClassVar[int] = 8
+    """How many stack plans (:func:`~lightning_opt.engine.stacks.plan_stacks`) are kept, one per parameter
+    group and set of parameters with gradients (parameters that get no gradient on some steps change the
+    set); the oldest is dropped and made again when needed. Plans are cheap; graphs do not depend on them."""
 
     def __init__(
         self,
@@ -111,8 +112,8 @@ class BaseOptimizer(torch.optim.Optimizer):
         self.nonfinite_skips = 0
         """How many times a tensor was left untouched because its gradient was not finite, since this
         optimizer was built (copied along by ``copy.deepcopy`` and pickling; not part of ``state_dict``)."""
-        self._compiled_runners: dict[tuple[int, torch.device, torch.dtype], dict[tuple[Any, ...], list[Any]]] = {}
-        self._eager_fallback_warned: set[tuple[int, torch.device, torch.dtype]] = set()
+        self._plans: dict[tuple[int, ...], Plan] = {}
+        self._eager_fallback_warned: set[tuple[Any, ...]] = set()
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a parameter group (``torch.optim.Optimizer.__init__`` adds the first ones through here too).
@@ -144,8 +145,17 @@ class BaseOptimizer(torch.optim.Optimizer):
         then left untouched, as if none had a gradient (AdaLo before its first finite loss)."""
         raise NotImplementedError
 
-    def tensor_hyperparameters(self, group: dict[str, Any], step: int) -> dict[str, float]:
-        """Return the numbers that depend on one tensor's step count (bias corrections); none by default."""
+    def tensor_hyperparameters(self, group: dict[str, Any], steps: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Return the numbers that depend on each tensor's step count (bias corrections); none by default.
+
+        Args:
+            group: the parameter group.
+            steps: the step count of each tensor of a stack (this step included), a float64 CPU tensor of
+                shape ``(k,)``; write the numbers with tensor operations (``beta ** steps``), in float64.
+
+        Returns:
+            Named float64 tensors of shape ``(k,)``; the update reads each as a ``(k, 1, 1)`` tensor.
+        """
         return {}
 
     def begin_step(self, closure_loss: torch.Tensor | None) -> None:
@@ -185,14 +195,39 @@ class BaseOptimizer(torch.optim.Optimizer):
             transforms = check_grad_transforms(group["grad_transforms"])
             if "adaptive_clip" in transforms:
                 numbers = {**numbers, "agc_clipping": group["agc_clipping"]}
-            buckets, skipped = collect_buckets(
-                group["params"], self.state.__getitem__, self.init_state, self.buffer_names, self._skip_nonfinite
-            )
-            if skipped:
-                self._report_nonfinite(skipped)
-            for (device, dtype), bucket in buckets.items():
-                self._step_bucket(index, device, dtype, bucket, group, numbers, flags, transforms)
+            plan = self._plan(index, group)
+            if plan is None:
+                continue
+            for stacks in plan.stacks.values():
+                for stack in stacks:
+                    self._step_stack(stack, group, numbers, flags, transforms)
+            if plan.empty:
+                torch._foreach_add_([self.state[p]["step"] for p in plan.empty], 1)
         return loss
+
+    def _plan(self, index: int, group: dict[str, Any]) -> Optional[Plan]:
+        """The stacks of ``group``'s parameters that take a step now (those with a finite gradient), made
+        once per set of such parameters and kept; ``None`` if there are none."""
+        stepping = [param for param in group["params"] if param.grad is not None]
+        if self._skip_nonfinite and stepping:
+            finite = all_finite([param.grad for param in stepping])  # type: ignore[misc]
+            skipped = len(stepping) - sum(finite)
+            if skipped:
+                stepping = [param for param, ok in zip(stepping, finite) if ok]
+                self._report_nonfinite(skipped)
+        if not stepping:
+            return None
+        key = (index, *map(id, stepping))
+        plan = self._plans.get(key)
+        if plan is None:
+            for param in stepping:
+                state = self.state[param]
+                if not state:
+                    self.init_state(param, state)
+            if len(self._plans) >= self.max_kept_plans:
+                self._plans.pop(next(iter(self._plans)))
+            plan = self._plans[key] = plan_stacks(stepping, self.state.__getitem__, self.buffer_names)
+        return plan
 
     def _report_nonfinite(self, skipped: int) -> None:
         self.nonfinite_skips += skipped
@@ -201,113 +236,84 @@ class BaseOptimizer(torch.optim.Optimizer):
             "(skip_nonfinite=True); optimizer.nonfinite_skips counts them"
         )
 
-    def _step_bucket(
+    def _step_stack(
         self,
-        index: int,
-        device: torch.device,
-        dtype: torch.dtype,
-        bucket: Bucket,
+        stack: Stack,
         group: dict[str, Any],
         numbers: dict[str, float],
         flags: dict[str, Any],
         transforms: tuple[str, ...],
     ) -> None:
+        states = [self.state[param] for param in stack.params]
+        stack.bind(states, self.buffer_names)
+        steps = stack.advance_steps()
+        param, grad, buffers = stack.gather(states, self.buffer_names)
+        device, dtype = param.device, param.dtype
+        tensor_values = None
+        tensor_names: tuple[str, ...] = ()
+        if type(self).tensor_hyperparameters is not BaseOptimizer.tensor_hyperparameters:
+            tensor_numbers = self.tensor_hyperparameters(group, steps.to(torch.float64))
+            tensor_names = tuple(tensor_numbers)
+            tensor_values = torch.stack(list(tensor_numbers.values()), dim=1).to(device, scalar_dtype(dtype))
         group_names = tuple(numbers)
-        per_tensor = [self.tensor_hyperparameters(group, step) for step in bucket.steps]
-        tensor_names = tuple(per_tensor[0])
-        values = list(numbers.values())
-        for tensor_numbers in per_tensor:
-            values.extend(tensor_numbers.values())
-        phases = [getattr(type(self), name) for name in self.phases]
-        # The gradient transforms run inside the first phase, the only one that reads the gradient.
-        phase_transforms = [transforms] + [()] * (len(phases) - 1)
-        carried: list[dict[str, torch.Tensor]] = [{} for _ in bucket.params]
-        layouts = self._compiled_layouts(index, device, dtype) if self._compile else None
-        if layouts is None:
-            for phase, names in zip(phases, phase_transforms):
-                carried = run_bucket(
-                    phase, bucket.params, bucket.grads, bucket.buffers, values, group_names, tensor_names, flags,
-                    carried, names,
-                )
-            return
-        scalars = torch.tensor(values, dtype=scalar_dtype(dtype), device=device)
-        params, grads = [_at_least_1d(p) for p in bucket.params], [_at_least_1d(g) for g in bucket.grads]
-        buffers = [{name: _at_least_1d(b) for name, b in per_tensor.items()} for per_tensor in bucket.buffers]
-        signature = (transforms, *(id(p) for p in bucket.params))
-        runners = layouts.get(signature)
-        if runners is None:
-            runners = self._new_layout(
-                index, device, dtype, layouts, signature,
-                lambda: [
-                    layout_key(phase, names, flags, group_names, tensor_names, scalars, params, grads, buffers)
-                    for phase, names in zip(phases, phase_transforms)
-                ],
+        group_values: Any = list(numbers.values())
+        if self._compile:
+            group_values = torch.tensor(group_values, dtype=scalar_dtype(dtype), device=device)
+        carried: dict[str, torch.Tensor] = {}
+        for k, name in enumerate(self.phases):
+            phase = getattr(type(self), name)
+            phase_transforms = transforms if k == 0 else ()  # only the first phase reads the gradient
+            args = (
+                phase, param, grad, buffers, group_values, tensor_values, group_names, tensor_names, flags, carried,
+                phase_transforms, stack.unit_start,
             )
-        for k, (phase, names) in enumerate(zip(phases, phase_transforms)):
-            entry = runners[k] if runners else None
-            if entry is not None:
-                key, runner = entry
+            runner = self._runner(stack, k, phase, phase_transforms, flags, group_names, tensor_names, carried)
+            if runner is not None:
+                key, compiled = runner
                 try:
-                    carried = runner(
-                        phase, params, grads, buffers, scalars, group_names, tensor_names, flags, carried, names
-                    )
+                    carried = compiled(*args)
                     continue
                 except _dynamo_exception() as error:  # raised while compiling, before the graph changes anything
-                    runners[k] = None
                     message = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error) else ''}"
                     record_compile_failure(key, message)
-                    self._warn_compile_failed(k, index, device, dtype, message)
-            carried = run_bucket(
-                phase, bucket.params, bucket.grads, bucket.buffers, values, group_names, tensor_names, flags,
-                carried, names,
-            )
+                    self._eager_fallback_warned.add(key)
+                    self._warn_compile_failed(k, device, dtype, message)
+            eager_args = (*args[:4], list(numbers.values()), *args[5:])
+            carried = run_stack(*eager_args)
+        stack.scatter()
 
-    def _compiled_layouts(
-        self, index: int, device: torch.device, dtype: torch.dtype
-    ) -> dict[tuple[Any, ...], list[Any]]:
-        """This bucket's runners, by set of tensors with gradients (the ids of the parameters)."""
-        return self._compiled_runners.setdefault((index, device, dtype), {})
-
-    def _new_layout(
+    def _runner(
         self,
-        index: int,
-        device: torch.device,
-        dtype: torch.dtype,
-        layouts: dict[tuple[Any, ...], list[Any]],
-        signature: tuple[Any, ...],
-        keys: Callable[[], list[tuple[Any, ...]]],
-    ) -> list[tuple[tuple[Any, ...], Callable[..., Any]] | None]:
-        """One ``(key, compiled runner)`` per phase for a set of tensors the bucket has not stepped yet,
-        taken from the process-wide cache (``None`` for a phase whose compile failed: it runs eagerly,
-        with one warning); or an empty list (run eagerly) once the bucket has ``max_compiled_layouts``
-        sets. Keying by the set, rather than recompiling one function, keeps dynamo's recompile limit (a
-        hard error under ``fullgraph=True``) out of reach."""
-        if len(layouts) >= self.max_compiled_layouts:
-            if (index, device, dtype) not in self._eager_fallback_warned:
-                self._eager_fallback_warned.add((index, device, dtype))
-                warnings.warn(
-                    f"{type(self).__name__}: parameter group {index} ({device}, {dtype}) has had {len(layouts)} "
-                    "different sets of parameters with gradients; further sets run eagerly"
-                )
-            return []
-        runners: list[tuple[tuple[Any, ...], Callable[..., Any]] | None] = []
-        for k, key in enumerate(keys()):
-            runner = shared_runner(key)
-            if isinstance(runner, str):  # another optimizer already failed to compile this layout
-                self._warn_compile_failed(k, index, device, dtype, runner)
-                runners.append(None)
-            else:
-                runners.append((key, runner))
-        layouts[signature] = runners
-        return runners
+        stack: Stack,
+        phase_index: int,
+        phase: Callable[..., Any],
+        transforms: tuple[str, ...],
+        flags: Mapping[str, Any],
+        group_names: tuple[str, ...],
+        tensor_names: tuple[str, ...],
+        carried: Mapping[str, torch.Tensor],
+    ) -> Optional[tuple[tuple[Any, ...], Callable[..., Any]]]:
+        """The compiled runner of this phase for this kind of stack, with its key; ``None`` on the eager
+        path, or if that runner failed to compile (it then runs eagerly, with one warning per optimizer)."""
+        if not self._compile:
+            return None
+        param = stack.params[0]
+        key = runner_key(
+            phase, transforms, flags, group_names, tensor_names, tuple(carried), stack.stacked_shape,
+            stack.unit_start, stack.copied, param.device, param.dtype,
+        )
+        runner = shared_runner(key)
+        if isinstance(runner, str):  # this or another optimizer already failed to compile it
+            if key not in self._eager_fallback_warned:
+                self._eager_fallback_warned.add(key)
+                self._warn_compile_failed(phase_index, param.device, param.dtype, runner)
+            return None
+        return key, runner
 
-    def _warn_compile_failed(
-        self, phase: int, index: int, device: torch.device, dtype: torch.dtype, error: str
-    ) -> None:
+    def _warn_compile_failed(self, phase: int, device: torch.device, dtype: torch.dtype, error: str) -> None:
         warnings.warn(
-            f"{type(self).__name__}: torch.compile failed for phase {self.phases[phase]!r} of parameter "
-            f"group {index} ({device}, {dtype}); that phase runs eagerly from now on, with the same "
-            f"numbers. {error}"
+            f"{type(self).__name__}: torch.compile failed for phase {self.phases[phase]!r} on {device} ({dtype}); "
+            f"that phase runs eagerly from now on, with the same numbers. {error}"
         )
 
     # ----------------------------------------------------------------- pickling and old checkpoints
@@ -328,7 +334,7 @@ class BaseOptimizer(torch.optim.Optimizer):
         super().__setstate__(state)
         for name, value in options.items():
             setattr(self, name, value)
-        self._compiled_runners = {}
+        self._plans = {}  # the state's tensors may have been replaced
         self._eager_fallback_warned = set()
         for group in self.param_groups:  # groups saved before a hyper-parameter was added get its default
             for key, value in self.defaults.items():
@@ -343,11 +349,4 @@ def _dynamo_exception() -> type[Exception]:
     return TorchDynamoException
 
 
-def _at_least_1d(tensor: torch.Tensor) -> torch.Tensor:
-    """A 1-element view of a 0-d tensor (the tensor itself otherwise).
-
-    Inductor (torch 2.13, CPU) drops in-place updates of 0-d float64 graph inputs; a view of shape (1,)
-    shares the storage and is updated correctly.
-    """
-    return tensor.view(1) if tensor.dim() == 0 else tensor
 

@@ -21,6 +21,7 @@ from lightning_opt.transforms import (
     ema_sq_,
 )
 from lightning_opt.transforms.gradient import AGC_CLIPPING, check_agc_clipping
+from lightning_opt.transforms.reductions import PER_TENSOR
 from lightning_opt.validation import (
     check_betas,
     check_bool,
@@ -167,18 +168,18 @@ class AdamAtan2(BaseOptimizer):
         }
         return numbers, flags
 
-    def tensor_hyperparameters(self, group: dict[str, Any], step: int) -> dict[str, float]:
+    def tensor_hyperparameters(self, group: dict[str, Any], steps: torch.Tensor) -> dict[str, torch.Tensor]:
         beta1, beta2 = group["betas"]
-        bias_correction1 = 1.0 - beta1**step
-        bias_correction2 = 1.0 - beta2**step
+        bias_correction1 = 1.0 - beta1**steps
+        bias_correction2 = 1.0 - beta2**steps
         # atan2(k y, k x) = atan2(y, x) for k > 0: divide both arguments by the numerator's coefficient
         # on m, so the numerator is m itself (plus a multiple of g with Nesterov).
         if _uses_nesterov(group):
-            m_coef = beta1 / (1.0 - beta1 ** (step + 1))
+            m_coef = beta1 / (1.0 - beta1 ** (steps + 1))
             g_coef = (1.0 - beta1) / bias_correction1
         else:
-            m_coef, g_coef = 1.0 / bias_correction1, 0.0
-        return {"denominator_scale": group["b"] / (math.sqrt(bias_correction2) * m_coef), "grad_ratio": g_coef / m_coef}
+            m_coef, g_coef = 1.0 / bias_correction1, torch.zeros_like(steps)
+        return {"denominator_scale": group["b"] / (bias_correction2.sqrt() * m_coef), "grad_ratio": g_coef / m_coef}
 
     @staticmethod
     def update(
@@ -190,7 +191,7 @@ class AdamAtan2(BaseOptimizer):
         numerator = add_scaled(exp_avg, grad, hp["grad_ratio"]) if flags["nesterov"] else exp_avg
         direction = atan2_direction(numerator, exp_avg_sq, hp["denominator_scale"])
         if flags["cautious"]:
-            cautious_mask_(direction, grad)
+            cautious_mask_(direction, grad, PER_TENSOR)
         if flags["decay"]:
             if flags["cautious_weight_decay"]:
                 cautious_weight_decay_(param, direction, hp["lr_times_decay"])

@@ -11,6 +11,7 @@ from lightning_opt.engine import BaseOptimizer, Flags, Hyperparameters
 from lightning_opt.engine.base import ParamsT
 from lightning_opt.transforms import add_scaled_, ema_, l2_regularised
 from lightning_opt.transforms.gradient import AGC_CLIPPING, check_agc_clipping
+from lightning_opt.transforms.reductions import PER_TENSOR, norm_from
 from lightning_opt.validation import (
     FLOAT32_MAX,
     check_float,
@@ -114,9 +115,9 @@ class NSGDA(BaseOptimizer):
         numbers = {"momentum": group["momentum"], "neg_lr": -group["lr"], "weight_decay": group["weight_decay"]}
         return numbers, {"decay": group["weight_decay"] != 0.0}
 
-    def tensor_hyperparameters(self, group: dict[str, Any], step: int) -> dict[str, float]:
+    def tensor_hyperparameters(self, group: dict[str, Any], steps: torch.Tensor) -> dict[str, torch.Tensor]:
         # (m / bc) / (||m / bc|| + eps) = m / (||m|| + eps * bc)
-        return {"eps_times_bc": group["eps"] * (1.0 - group["momentum"] ** step)}
+        return {"eps_times_bc": group["eps"] * (1.0 - group["momentum"] ** steps)}
 
     @staticmethod
     def update_momentum(
@@ -126,7 +127,7 @@ class NSGDA(BaseOptimizer):
         momentum_buffer = buffers["momentum_buffer"]
         direction = l2_regularised(grad, param, hp["weight_decay"]) if flags["decay"] else grad
         ema_(momentum_buffer, direction, hp["momentum"])
-        return {"momentum_norm": torch.linalg.vector_norm(momentum_buffer, dtype=_norm_dtype(momentum_buffer.dtype))}
+        return {"momentum_norm": norm_from(momentum_buffer, PER_TENSOR)}
 
     @staticmethod
     def update_param(
@@ -138,7 +139,3 @@ class NSGDA(BaseOptimizer):
     # The norm of the new momentum is needed before the parameter can move: two passes over the tensor.
     phases = ("update_momentum", "update_param")
 
-
-def _norm_dtype(dtype: torch.dtype) -> torch.dtype:
-    # Accumulate the norm of half-precision buffers in float32.
-    return torch.promote_types(dtype, torch.float32)

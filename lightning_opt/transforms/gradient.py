@@ -28,6 +28,7 @@ from typing import Union
 import torch
 
 from lightning_opt.transforms.arith import Scalar
+from lightning_opt.transforms.reductions import PER_TENSOR, count_from, norm_from, sum_from
 from lightning_opt.validation import check_float32
 
 SOFT_CLIP_EPS = 1e-12
@@ -41,48 +42,60 @@ AGC_GRAD_EPS = 1e-6
 """Floor on a unit's gradient norm in :func:`adaptive_clip`, to avoid dividing by zero."""
 
 
-def unit_dims(tensor: torch.Tensor) -> tuple[int, ...] | None:
-    """The dimensions reduced to get one value per output unit: all but the first, or all (``None``).
+def unit_start(tensor: torch.Tensor, start: int | None = None) -> int:
+    """The first dimension reduced to get one value per output unit: ``start`` if given (the engine's stacked
+    tensors), else 1 for a tensor of two or more dimensions and 0 (the whole tensor) for a 0-d or 1-D one.
 
-    >>> unit_dims(torch.zeros(4, 3, 2, 2)), unit_dims(torch.zeros(4)), unit_dims(torch.zeros(()))
-    ((1, 2, 3), None, None)
+    >>> unit_start(torch.zeros(4, 3, 2, 2)), unit_start(torch.zeros(4)), unit_start(torch.zeros(()))
+    (1, 0, 0)
     """
-    return tuple(range(1, tensor.dim())) if tensor.dim() > 1 else None
+    if start is not None:
+        return start
+    return 1 if tensor.dim() > 1 else 0
 
 
-def unit_norm(tensor: torch.Tensor) -> torch.Tensor:
+def unit_norm(tensor: torch.Tensor, start: int | None = None) -> torch.Tensor:
     """The Euclidean norm of each output unit (kept dimensions, so it broadcasts against ``tensor``).
 
     Accumulated in at least float32. A 0-d or 1-D tensor has one unit.
+
+    Args:
+        tensor: any tensor.
+        start: the first dimension of a unit (see :func:`unit_start`); by default each slice along the
+            first dimension of a tensor of two or more dimensions is a unit.
 
     >>> unit_norm(torch.tensor([[3.0, 4.0], [0.0, 1.0]]))
     tensor([[5.],
             [1.]])
     """
-    return torch.linalg.vector_norm(tensor, dim=unit_dims(tensor), keepdim=True, dtype=_accumulation_dtype(tensor))
+    return norm_from(tensor, unit_start(tensor, start))
 
 
-def unit_rms(tensor: torch.Tensor) -> torch.Tensor:
+def unit_rms(tensor: torch.Tensor, start: int | None = None) -> torch.Tensor:
     """The root-mean-square of each output unit (kept dimensions); 0 for an empty tensor.
 
     >>> unit_rms(torch.tensor([[3.0, 4.0], [0.0, 0.0]]))
     tensor([[3.5355],
             [0.0000]])
     """
-    per_unit = math.prod(tensor.shape[1:]) if tensor.dim() > 1 else tensor.numel()
-    return unit_norm(tensor) / math.sqrt(max(per_unit, 1))
+    start = unit_start(tensor, start)
+    return norm_from(tensor, start) / math.sqrt(count_from(tensor, start))
 
 
 # ------------------------------------------------------------------------------------------ soft clip
-def soft_clip_scale(grad: torch.Tensor, param: torch.Tensor, eps: Scalar = SOFT_CLIP_EPS) -> torch.Tensor:
+def soft_clip_scale(
+    grad: torch.Tensor, param: torch.Tensor, eps: Scalar = SOFT_CLIP_EPS, start: int | None = None
+) -> torch.Tensor:
     """The per-unit factor of :func:`soft_clip`: ``min(rms(g), rms(p)) / rms(g)``, both floored at ``eps``."""
     _check_eps(eps, SOFT_CLIP_EPS)
-    grad_rms = unit_rms(grad).clamp_min(eps)
-    param_rms = unit_rms(param).clamp_min(eps)
+    grad_rms = unit_rms(grad, start).clamp_min(eps)
+    param_rms = unit_rms(param, start).clamp_min(eps)
     return torch.minimum(grad_rms, param_rms) / grad_rms
 
 
-def soft_clip(grad: torch.Tensor, param: torch.Tensor, eps: Scalar = SOFT_CLIP_EPS) -> torch.Tensor:
+def soft_clip(
+    grad: torch.Tensor, param: torch.Tensor, eps: Scalar = SOFT_CLIP_EPS, start: int | None = None
+) -> torch.Tensor:
     """Scale each unit's gradient down so that its RMS is at most the RMS of the same unit's parameter.
 
     The seed author's soft clip: a unit whose gradient is small against its weights is left alone; a
@@ -97,6 +110,7 @@ def soft_clip(grad: torch.Tensor, param: torch.Tensor, eps: Scalar = SOFT_CLIP_E
             raise ``eps`` (AGC uses ``1e-3`` on norms) or exclude such parameters if that matters.
             A number given here must be positive and representable in float32 (at most 3.4e38, the
             precision of the norms), or ``ValueError`` is raised.
+        start: the first dimension of a unit (:func:`unit_start`); the default suits a plain tensor.
 
     Returns:
         A new tensor; ``grad`` is unchanged (see :func:`soft_clip_` for the in-place form).
@@ -111,12 +125,14 @@ def soft_clip(grad: torch.Tensor, param: torch.Tensor, eps: Scalar = SOFT_CLIP_E
     References:
         The seed blog post, section 5.5 (``_soft_clip``).
     """
-    return grad * soft_clip_scale(grad, param, eps).to(grad.dtype)
+    return grad * soft_clip_scale(grad, param, eps, start).to(grad.dtype)
 
 
-def soft_clip_(grad: torch.Tensor, param: torch.Tensor, eps: Scalar = SOFT_CLIP_EPS) -> torch.Tensor:
+def soft_clip_(
+    grad: torch.Tensor, param: torch.Tensor, eps: Scalar = SOFT_CLIP_EPS, start: int | None = None
+) -> torch.Tensor:
     """In-place :func:`soft_clip`; returns ``grad``."""
-    return scale_units_(grad, soft_clip_scale(grad, param, eps))
+    return scale_units_(grad, soft_clip_scale(grad, param, eps, start))
 
 
 def scale_units_(grad: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -126,13 +142,14 @@ def scale_units_(grad: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- gradient centralisation
-def centralize(grad: torch.Tensor) -> torch.Tensor:
+def centralize(grad: torch.Tensor, start: int | None = None) -> torch.Tensor:
     """Subtract from each output unit of a weight's gradient its mean (gradient centralisation).
 
     Tensors of dimension 0 or 1 (biases, gains) are returned unchanged (as a copy), as in the paper.
 
     Args:
         grad: the gradient.
+        start: the first dimension of a unit (:func:`unit_start`); given, every unit is centralised.
 
     Returns:
         A new tensor; see :func:`centralize_` for the in-place form.
@@ -146,43 +163,43 @@ def centralize(grad: torch.Tensor) -> torch.Tensor:
         Yong et al., "Gradient Centralization: A New Optimization Technique for Deep Neural Networks",
         ECCV 2020, arXiv:2004.01461.
     """
-    if grad.dim() <= 1:
+    if start is None and grad.dim() <= 1:
         return grad.clone()
-    return grad - _unit_mean(grad)
+    return grad - _unit_mean(grad, unit_start(grad, start))
 
 
-def centralize_(grad: torch.Tensor) -> torch.Tensor:
+def centralize_(grad: torch.Tensor, start: int | None = None) -> torch.Tensor:
     """In-place :func:`centralize`; returns ``grad``."""
-    if grad.dim() > 1:
-        grad.sub_(_unit_mean(grad))
+    if start is not None or grad.dim() > 1:
+        grad.sub_(_unit_mean(grad, unit_start(grad, start)))
     return grad
 
 
-def _unit_mean(grad: torch.Tensor) -> torch.Tensor:
-    dtype = _accumulation_dtype(grad)
-    if grad.device.type == "cpu" and torch.compiler.is_compiling():
-        # Inductor's C++ backend (torch 2.13) fails to generate code for a per-row mean fused with the
-        # update that reads it ("KeyError: 'buf6'": 3-D and 4-D weights, and some sets of matrices); the
-        # same sums as a matrix-vector product, an external kernel that it does not fuse, compile.
-        rows = grad.reshape(grad.shape[0], -1).to(dtype)
-        sums = rows @ torch.ones(rows.shape[1], 1, dtype=dtype, device=grad.device)
-        return (sums / rows.shape[1]).view(-1, *([1] * (grad.dim() - 1))).to(grad.dtype)
-    return grad.mean(dim=unit_dims(grad), keepdim=True, dtype=dtype).to(grad.dtype)
+def _unit_mean(grad: torch.Tensor, start: int) -> torch.Tensor:
+    return (sum_from(grad, start) / count_from(grad, start)).to(grad.dtype)
 
 
 # ------------------------------------------------------------------------- adaptive gradient clipping
 def adaptive_clip_scale(
-    grad: torch.Tensor, param: torch.Tensor, clipping: Scalar = AGC_CLIPPING, eps: Scalar = AGC_EPS
+    grad: torch.Tensor,
+    param: torch.Tensor,
+    clipping: Scalar = AGC_CLIPPING,
+    eps: Scalar = AGC_EPS,
+    start: int | None = None,
 ) -> torch.Tensor:
     """The per-unit factor of :func:`adaptive_clip`: 1, or ``clipping * max(|p|, eps) / |g|`` if smaller."""
     _check_eps(eps, AGC_EPS)
-    max_norm = unit_norm(param).clamp_min(eps) * clipping
-    grad_norm = unit_norm(grad).clamp_min(AGC_GRAD_EPS)
+    max_norm = unit_norm(param, start).clamp_min(eps) * clipping
+    grad_norm = unit_norm(grad, start).clamp_min(AGC_GRAD_EPS)
     return torch.where(grad_norm > max_norm, max_norm / grad_norm, torch.ones_like(grad_norm))
 
 
 def adaptive_clip(
-    grad: torch.Tensor, param: torch.Tensor, clipping: Scalar = AGC_CLIPPING, eps: Scalar = AGC_EPS
+    grad: torch.Tensor,
+    param: torch.Tensor,
+    clipping: Scalar = AGC_CLIPPING,
+    eps: Scalar = AGC_EPS,
+    start: int | None = None,
 ) -> torch.Tensor:
     """Unit-wise adaptive gradient clipping (AGC): cap each unit's ``|g| / max(|p|, eps)`` at ``clipping``.
 
@@ -193,6 +210,7 @@ def adaptive_clip(
             (NFNets: 0.01 at batch size 4096, larger for smaller batches).
         eps: floor on the parameter norm, so that zero-initialised units can still move; as a number,
             positive and at most 3.4e38 (float32), or ``ValueError`` is raised.
+        start: the first dimension of a unit (:func:`unit_start`); the default suits a plain tensor.
 
     Returns:
         A new tensor; see :func:`adaptive_clip_` for the in-place form.
@@ -208,37 +226,39 @@ def adaptive_clip(
         Brock et al., "High-Performance Large-Scale Image Recognition Without Normalization", ICML 2021,
         arXiv:2102.06171, section 4.1.
     """
-    return grad * adaptive_clip_scale(grad, param, clipping, eps).to(grad.dtype)
+    return grad * adaptive_clip_scale(grad, param, clipping, eps, start).to(grad.dtype)
 
 
 def adaptive_clip_(
-    grad: torch.Tensor, param: torch.Tensor, clipping: Scalar = AGC_CLIPPING, eps: Scalar = AGC_EPS
+    grad: torch.Tensor,
+    param: torch.Tensor,
+    clipping: Scalar = AGC_CLIPPING,
+    eps: Scalar = AGC_EPS,
+    start: int | None = None,
 ) -> torch.Tensor:
     """In-place :func:`adaptive_clip`; returns ``grad``."""
-    return scale_units_(grad, adaptive_clip_scale(grad, param, clipping, eps))
+    return scale_units_(grad, adaptive_clip_scale(grad, param, clipping, eps, start))
 
 
 def _check_eps(eps: Scalar, default: float) -> None:
     """Refuse a Python-number ``eps`` outside ``(0, FLOAT32_MAX]`` (the default and tensors, as the compiled
     optimizers pass, are not checked again: this runs for every tensor at every step)."""
-    if eps is not default and not isinstance(eps, torch.Tensor):
+    if not isinstance(eps, torch.Tensor) and eps != default:
         check_float32("eps", eps)
 
 
-def _accumulation_dtype(tensor: torch.Tensor) -> torch.dtype:
-    return torch.promote_types(tensor.dtype, torch.float32)
-
-
 # ------------------------------------------------------------------------ transforms inside optimizers
-GradientTransform = Callable[[torch.Tensor, torch.Tensor, Mapping[str, Scalar]], torch.Tensor]
+GradientTransform = Callable[[torch.Tensor, torch.Tensor, Mapping[str, Scalar], int], torch.Tensor]
 
 GRADIENT_TRANSFORMS: dict[str, GradientTransform] = {
-    "centralize": lambda grad, param, hp: centralize(grad) if grad.dim() > 1 else grad,
-    "adaptive_clip": lambda grad, param, hp: adaptive_clip(grad, param, hp["agc_clipping"]),
-    "soft_clip": lambda grad, param, hp: soft_clip(grad, param),
+    "centralize": lambda grad, param, hp, start: centralize(grad, start) if start > PER_TENSOR else grad,
+    "adaptive_clip": lambda grad, param, hp, start: adaptive_clip(grad, param, hp["agc_clipping"], start=start),
+    "soft_clip": lambda grad, param, hp, start: soft_clip(grad, param, start=start),
 }
-"""The transforms an optimizer's ``grad_transforms`` may name, applied in the order named. Each reads
-its hyper-parameters (``agc_clipping``) from the optimizer's parameter group."""
+"""The transforms an optimizer's ``grad_transforms`` may name, applied in the order named, as
+``transform(grad, param, hyperparameters, start)`` on the engine's stacked tensors (``start``: the first
+dimension of a unit, :data:`~lightning_opt.transforms.reductions.PER_TENSOR` when a whole tensor is one
+unit). Each reads its hyper-parameters (``agc_clipping``) from the optimizer's parameter group."""
 
 GradTransformsArg = Union[Sequence[str], str, None]
 
@@ -289,9 +309,29 @@ def check_agc_clipping(agc_clipping: object) -> float:
 
 
 def apply_gradient_transforms(
-    grad: torch.Tensor, param: torch.Tensor, names: Sequence[str], hyperparameters: Mapping[str, Scalar]
+    grad: torch.Tensor,
+    param: torch.Tensor,
+    names: Sequence[str],
+    hyperparameters: Mapping[str, Scalar],
+    start: int | None = None,
 ) -> torch.Tensor:
-    """Apply the named transforms in order, out of place (``grad`` itself is never changed)."""
+    """Apply the named transforms in order, out of place (``grad`` itself is never changed).
+
+    Args:
+        grad: the gradient, a plain tensor or one of the engine's stacks.
+        param: the parameter, same shape.
+        names: names from :data:`GRADIENT_TRANSFORMS`.
+        hyperparameters: what the transforms read (``agc_clipping``).
+        start: for a stack, the first dimension of a unit; by default ``grad`` is a plain tensor.
+    """
+    if names and start is None:  # a plain tensor: as a stack of one
+        stacked = grad.unsqueeze(0) if grad.dim() > 1 else grad.reshape(1, 1, -1)
+        start = PER_TENSOR + 1 if grad.dim() > 1 else PER_TENSOR
+        shape = grad.shape
+        grad, param = stacked, param.reshape(stacked.shape)
+        for name in names:
+            grad = GRADIENT_TRANSFORMS[name](grad, param, hyperparameters, start)
+        return grad.reshape(shape)
     for name in names:
-        grad = GRADIENT_TRANSFORMS[name](grad, param, hyperparameters)
+        grad = GRADIENT_TRANSFORMS[name](grad, param, hyperparameters, start)
     return grad
