@@ -108,7 +108,7 @@ def test_config_alone_trains_adalo_and_main_reports(tmp_path: Path, capsys: pyte
 
 
 def test_defaults_are_the_digits_recipe_and_any_module_may_replace_them(tmp_path: Path) -> None:
-    no_logs = ["--trainer.logger=false", f"--trainer.default_root_dir={tmp_path}"]
+    no_logs = ["--trainer.logger=false", "--trainer.accelerator=cpu", f"--trainer.default_root_dir={tmp_path}"]
     cli = LightningOptCLI(no_logs, run=False)
     assert type(cli.model) is DigitsClassifier and type(cli.datamodule) is DigitsDataModule
 
@@ -125,6 +125,7 @@ def test_users_own_lightning_cli_resolves_short_names(tmp_path: Path) -> None:
         "AdaLo",
         "--optimizer.kappa",
         "4",
+        "--trainer.accelerator=cpu",
         "--trainer.max_steps=2",
         "--trainer.limit_val_batches=0",
         "--trainer.logger=false",

@@ -336,8 +336,11 @@ def test_manual_optimization_warns_once_and_feeds_nothing() -> None:
 
 
 # ----------------------------------------------------------------------------- two DDP ranks
+# Each DDP test runs in its own process (tests/conftest.py): on a machine with a GPU, anything in the pytest
+# process that initialised CUDA would make Lightning refuse to fork, even for CPU ranks.
 
 
+@pytest.mark.own_process  # a fresh interpreter: ddp_fork cannot fork once CUDA is initialised
 def test_ddp_ranks_get_the_mean_loss_and_stay_identical(tmp_path: Path) -> None:
     rank0, rank1 = fit_ddp(tmp_path, [LossFeeder()])
 
@@ -359,6 +362,7 @@ def test_ddp_ranks_get_the_mean_loss_and_stay_identical(tmp_path: Path) -> None:
     assert max_difference(rank0["final"], replay_adalo(rank0["initial"], rank0["grads"], rank0["losses"])) > 1e-3
 
 
+@pytest.mark.own_process  # a fresh interpreter: ddp_fork cannot fork once CUDA is initialised
 def test_ddp_without_feeder_replicas_diverge_with_a_warning(tmp_path: Path) -> None:
     rank0, rank1 = fit_ddp(tmp_path, [])
 

@@ -39,6 +39,7 @@ def fit(seed: int, root: Path, **trainer_kwargs: Any) -> tuple[DigitsClassifier,
     trainer_kwargs.setdefault("logger", False)
     trainer = pl.Trainer(
         callbacks=[LossFeeder()],
+        accelerator="cpu",
         deterministic=True,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -157,6 +158,7 @@ def test_config_reaches_95_percent_with_default_hyperparameters(tmp_path: Path, 
         "--config",
         str(CONFIG),
         f"--trainer.logger.save_dir={tmp_path}",
+        "--trainer.accelerator=cpu",  # the config leaves it to Lightning ("auto"): a GPU if there is one
         "--trainer.enable_progress_bar=false",
         "--trainer.enable_model_summary=false",
         "--trainer.enable_checkpointing=false",

@@ -140,6 +140,7 @@ def adalo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "--config",
             str(CONFIGS / "digits_vae_adalo.yaml"),
             f"--trainer.logger.save_dir={root}",
+            "--trainer.accelerator=cpu",  # the config leaves it to Lightning ("auto"): a GPU if there is one
             f"--trainer.max_epochs={EPOCHS}",
             "--trainer.enable_progress_bar=false",
             "--trainer.enable_model_summary=false",
@@ -228,6 +229,7 @@ def test_no_picture_and_no_crash_without_a_tensorboard_logger(tmp_path: Path, ca
     model = DigitsVAE(hidden_dims=(16,), plot_latents=case != "plot_latents=False")
     trainer = pl.Trainer(
         logger=logger,
+        accelerator="cpu",
         max_epochs=1,
         limit_train_batches=2,
         limit_val_batches=2,
@@ -249,7 +251,7 @@ def test_pictures_are_drawn_on_global_rank_zero_outside_the_sanity_check_only(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     tensorboard = TensorBoardLogger(tmp_path, name="tb")
-    trainer = pl.Trainer(logger=[CSVLogger(tmp_path), tensorboard], default_root_dir=tmp_path)
+    trainer = pl.Trainer(logger=[CSVLogger(tmp_path), tensorboard], default_root_dir=tmp_path, accelerator="cpu")
     model = DigitsVAE()
     model.trainer = trainer
 

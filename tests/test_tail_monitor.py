@@ -391,13 +391,20 @@ def test_no_matching_parameter_warns(tmp_path: Path) -> None:
         fit(KnownGradients(), GradientTailMonitor(every_n_steps=1, include="nothing*"), tmp_path, max_steps=1)
 
 
-def test_accelerator_and_cpu_histogram_paths_agree() -> None:
-    """The torch paths (used on accelerators, and on the CPU when entries are not finite) and the numpy
-    paths give the same histograms."""
+def histogram_tensors() -> list[torch.Tensor]:
+    """Finite float32 tensors for the histogram paths: heavy tails over 14 decades with zeros (900 entries), 40
+    entries, a single one, and a constant; also used on CUDA by tests/test_cuda.py."""
     rng = np.random.default_rng(7)
     tensors = [torch.from_numpy(rng.standard_t(2.0, n) * 10.0 ** rng.uniform(-12, 2, n)).float() for n in (900, 40, 1)]
     tensors[0][:10] = 0.0
     tensors.append(torch.full((7,), 0.25))
+    return tensors
+
+
+def test_accelerator_and_cpu_histogram_paths_agree() -> None:
+    """The torch paths (used on accelerators, and on the CPU when entries are not finite) and the numpy
+    paths give the same histograms."""
+    tensors = histogram_tensors()
     sizes = [t.numel() for t in tensors]
     flat = torch.cat(tensors)
     assert torch.equal(_log10_counts_numpy(flat, sizes), _log10_counts_torch(flat, sizes))
