@@ -198,9 +198,15 @@ class BaseOptimizer(torch.optim.Optimizer):
             plan = self._plan(index, group)
             if plan is None:
                 continue
-            for stacks in plan.stacks.values():
+            for (device, dtype), stacks in plan.stacks.items():
+                # compiled: the group's numbers as one tensor per device and dtype (eager: Python floats)
+                group_values = (
+                    torch.tensor(list(numbers.values()), dtype=scalar_dtype(dtype), device=device)
+                    if self._compile
+                    else None
+                )
                 for stack in stacks:
-                    self._step_stack(stack, group, numbers, flags, transforms)
+                    self._step_stack(stack, group, numbers, group_values, flags, transforms)
             if plan.empty:
                 torch._foreach_add_([self.state[p]["step"] for p in plan.empty], 1)
         return loss
@@ -241,6 +247,7 @@ class BaseOptimizer(torch.optim.Optimizer):
         stack: Stack,
         group: dict[str, Any],
         numbers: dict[str, float],
+        group_values: Optional[torch.Tensor],
         flags: dict[str, Any],
         transforms: tuple[str, ...],
     ) -> None:
@@ -256,9 +263,6 @@ class BaseOptimizer(torch.optim.Optimizer):
             tensor_names = tuple(tensor_numbers)
             tensor_values = torch.stack(list(tensor_numbers.values()), dim=1).to(device, scalar_dtype(dtype))
         group_names = tuple(numbers)
-        group_values: Any = list(numbers.values())
-        if self._compile:
-            group_values = torch.tensor(group_values, dtype=scalar_dtype(dtype), device=device)
         carried: dict[str, torch.Tensor] = {}
         for k, name in enumerate(self.phases):
             phase = getattr(type(self), name)
@@ -278,8 +282,7 @@ class BaseOptimizer(torch.optim.Optimizer):
                     record_compile_failure(key, message)
                     self._eager_fallback_warned.add(key)
                     self._warn_compile_failed(k, device, dtype, message)
-            eager_args = (*args[:4], list(numbers.values()), *args[5:])
-            carried = run_stack(*eager_args)
+            carried = run_stack(*args[:4], list(numbers.values()), *args[5:])
         stack.scatter()
 
     def _runner(
