@@ -1,10 +1,11 @@
-"""``BaseOptimizer``: validation, lazy state, device/dtype buckets, closures, eager and compiled steps.
+"""``BaseOptimizer``: validation, lazy state, stacks, closures, eager and compiled steps.
 
 A concrete optimizer declares its per-tensor state (``buffer_names``), the hyper-parameters it derives
-from a parameter group (:meth:`BaseOptimizer.group_hyperparameters`) and from a tensor's step count
-(:meth:`BaseOptimizer.tensor_hyperparameters`), and one per-tensor ``update`` function built from
-:mod:`lightning_opt.transforms`. Everything else -- closures, skipping parameters without gradients,
-rejecting sparse gradients, bucketing, the compiled path, checkpoints -- lives here once.
+from a parameter group (:meth:`BaseOptimizer.group_hyperparameters`) and from the tensors' step counts
+(:meth:`BaseOptimizer.tensor_hyperparameters`), and one ``update`` function built from
+:mod:`lightning_opt.transforms`, written for a stack of tensors (:mod:`lightning_opt.engine.stacks`).
+Everything else -- closures, skipping parameters without gradients, rejecting sparse gradients,
+stacking, the compiled path, checkpoints -- lives here once.
 """
 
 from __future__ import annotations
@@ -46,19 +47,25 @@ class BaseOptimizer(torch.optim.Optimizer):
     """Base class of every optimizer in this package.
 
     Subclasses set ``buffer_names`` and ``update`` and override the two ``*_hyperparameters`` methods.
-    An update that needs a reduction over a whole tensor before it can finish (a norm, say) is better
-    written as ``phases``, names of static methods run one after the other over the bucket: on the
-    compiled path each phase is its own graph, which lets inductor update the state buffers in place
-    instead of staging them in a temporary (NSGDA: 41 -> 18 ms per step on the standard benchmark).
+    ``update(param, grad, buffers, hyperparameters, flags)`` sees a stack: ``k`` parameters of one shape
+    as tensors of shape ``(k, units, width)``, with the group's numbers as scalars and the per-tensor ones
+    as ``(k, 1, 1)`` tensors; elementwise code is written as for one tensor, and a reduction per tensor
+    uses :func:`~lightning_opt.transforms.reductions.sum_from` (or ``norm_from``) with
+    :data:`~lightning_opt.transforms.reductions.PER_TENSOR`. The same function runs eagerly and compiled,
+    on the CPU and on CUDA. An update that needs a reduction over a whole tensor before it can finish (a
+    norm, say) is better written as ``phases``, names of static methods run one after the other over the
+    stack: on the compiled path each phase is its own graph, which lets inductor update the state buffers
+    in place instead of staging them in a temporary (NSGDA: 41 -> 18 ms per step on the standard benchmark).
 
     Args:
         params: iterable of parameters or of dicts defining parameter groups.
         defaults: the hyper-parameters of every group, already validated by the subclass. Only numbers,
             strings, bools and tuples: nothing callable (checkpoints load with ``weights_only=True``).
-        compile: fuse each bucket's whole update with ``torch.compile``. Same numbers as the eager
-            path; the first step of each bucket compiles (tens of seconds), later steps are fast. The
-            compiled graphs are shared by every optimizer of the process whose buckets have the same
-            layout (see :mod:`lightning_opt.engine.compiled`): rebuilding an optimizer does not recompile.
+        compile: fuse each stack's whole update with ``torch.compile``. Same numbers as the eager
+            path; the first step compiles one graph per kind of stack (seconds each, whatever the number
+            of tensors), later steps are fast. The graphs have dynamic sizes and are shared by every
+            optimizer of the process (see :mod:`lightning_opt.engine.compiled`): more tensors, a changing
+            set of gradients or a rebuilt optimizer compile nothing again.
         skip_nonfinite: leave a tensor (its value, state and step count) untouched, with a warning, when
             its gradient holds an inf or NaN, instead of letting it corrupt the parameter and its state.
             Costs one extra read of the gradients and one host sync per device per step. Off by default,
@@ -77,7 +84,7 @@ class BaseOptimizer(torch.optim.Optimizer):
     buffer_names: ClassVar[tuple[str, ...]] = ()
     update: ClassVar[UpdateFn]
     phases: ClassVar[tuple[str, ...]] = ("update",)
-    """The names of the update functions (static methods) run in turn over each bucket."""
+    """The names of the update functions (static methods) run in turn over each stack."""
     hyperparameter_check: ClassVar[Optional[Callable[..., dict[str, Any]]]] = None
     """Validates one group's hyper-parameters and returns them normalised; its arguments are named like the
     group's keys (``lr``, ``betas``...). Wrap it in ``staticmethod``. The engine runs it on every group

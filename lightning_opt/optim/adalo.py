@@ -123,7 +123,7 @@ class AdaLo(BaseOptimizer):
         kappa: divides the loss average; larger means smaller steps.
         eps: the smallest loss-driven step size (before the ``lr`` multiplier).
         mode: ``"adversarial"`` (default) or ``"compliant"``, see above.
-        compile: fuse each bucket's update with ``torch.compile`` (same numbers, faster steps).
+        compile: fuse the update with ``torch.compile`` (same numbers, faster steps).
         skip_nonfinite: leave a tensor untouched (with a warning) when its gradient has inf or NaN.
         grad_transforms: gradient transforms applied in order before the update, without changing
             ``p.grad``: ``"centralize"`` (arXiv:2004.01461), ``"adaptive_clip"`` (arXiv:2102.06171),

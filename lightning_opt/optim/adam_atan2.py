@@ -95,7 +95,7 @@ class AdamAtan2(BaseOptimizer):
         cautious_weight_decay: apply weight decay only where update and parameter agree in sign
             (arXiv:2510.12402).
         nesterov: use Nesterov momentum (NAdam look-ahead) in the numerator.
-        compile: fuse each bucket's update with ``torch.compile`` (same numbers, faster steps).
+        compile: fuse the update with ``torch.compile`` (same numbers, faster steps).
         skip_nonfinite: leave a tensor untouched (with a warning) when its gradient has inf or NaN.
         grad_transforms: gradient transforms applied in order before the update, without changing
             ``p.grad``: ``"centralize"`` (arXiv:2004.01461), ``"adaptive_clip"`` (arXiv:2102.06171),

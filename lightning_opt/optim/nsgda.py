@@ -63,7 +63,7 @@ class NSGDA(BaseOptimizer):
         momentum: coefficient of the running average of the gradient, in [0, 1).
         eps: added to the momentum's norm (> 0); keeps the step finite for a zero momentum.
         weight_decay: L2 penalty added to the gradient before the momentum.
-        compile: fuse each bucket's update with ``torch.compile`` (same numbers, faster steps).
+        compile: fuse the update with ``torch.compile`` (same numbers, faster steps).
         skip_nonfinite: leave a tensor untouched (with a warning) when its gradient has inf or NaN.
         grad_transforms: gradient transforms applied in order before the update, without changing
             ``p.grad``: ``"centralize"`` (arXiv:2004.01461), ``"adaptive_clip"`` (arXiv:2102.06171),
