@@ -43,11 +43,12 @@ def test_changing_sets_of_gradients_compile_nothing_again() -> None:
 
 
 def test_more_tensors_of_a_kind_compile_nothing_again() -> None:
-    """The compile cost does not grow with the number of tensors: 5 and 500 small matrices, 2 and 40 large
-    ones, run the graphs compiled for the first optimizer."""
+    """The compile cost does not grow with the number of tensors: small matrices run as one stack whatever
+    their number; large ones run in place in chunks of at most CHUNK (8), so once a chunk of 8 has compiled,
+    more of them compile nothing."""
     clear_shared_runners()
     graphs = []
-    for small, large in ((5, 2), (500, 40)):
+    for small, large in ((5, 2), (500, 40), (1000, 16)):
         params = [torch.nn.Parameter(torch.randn(16, 16)) for _ in range(small)]
         params += [torch.nn.Parameter(torch.randn(130, 128 + i)) for i in range(large)]  # > STACK_NUMEL each
         optimizer = AdamAtan2(params, compile=True, cautious=True)
@@ -56,7 +57,8 @@ def test_more_tensors_of_a_kind_compile_nothing_again() -> None:
         before = counters["stats"]["unique_graphs"]
         optimizer.step()
         graphs.append(counters["stats"]["unique_graphs"] - before)
-    assert graphs == [2, 0]  # a copied stack of small matrices and large matrices in place
+    # a copied stack of small matrices and a chunk of 2 large matrices; then a chunk of 8; then nothing
+    assert graphs == [2, 1, 0]
 
 
 class UncompilableStep(AdaLo):

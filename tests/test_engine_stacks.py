@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lightning_opt import NSGDA, AdaLo, AdamAtan2
-from lightning_opt.engine.stacks import STACK_NUMEL, plan_stacks
+from lightning_opt.engine.stacks import CHUNK, STACK_NUMEL, plan_stacks
 
 SMALL, LARGE = (4, 3), (STACK_NUMEL // 64 + 1, 64)  # 12 elements; just over STACK_NUMEL
 
@@ -33,17 +33,26 @@ def test_plan_stacks_small_tensors_by_shape_and_runs_large_and_odd_ones_alone() 
     for p in params:
         optimizer.init_state(p, optimizer.state[p])
     plan = plan_stacks(params, optimizer.state.__getitem__, optimizer.buffer_names)
-    (stacks,) = plan.stacks.values()
-    summary = [(tuple(s.shape), len(s.params), s.copied, s.stacked_shape, s.unit_start) for s in stacks]
-    assert summary == [
-        ((4, 3), 2, True, (2, 4, 3), 2),
-        ((), 2, True, (2, 1, 1), 1),
-        ((7,), 1, False, (1, 1, 7), 1),
-        (LARGE, 1, False, (1, *LARGE), 2),
-        (LARGE, 1, False, (1, *LARGE), 2),
-        ((3, 5), 1, True, (1, 3, 5), 2),  # not contiguous: through a contiguous copy
+    (chunks,) = plan.chunks.values()
+    summary = [[(tuple(s.shape), len(s.params), s.copied, s.stacked_shape, s.unit_start) for s in c] for c in chunks]
+    assert summary == [  # chunks of stacks of one kind
+        [((4, 3), 2, True, (2, 4, 3), 2)],
+        [((), 2, True, (2, 1, 1), 1)],
+        [((7,), 1, False, (1, 1, 7), 1)],
+        [(LARGE, 1, False, (1, *LARGE), 2), (LARGE, 1, False, (1, *LARGE), 2)],
+        [((3, 5), 1, True, (1, 3, 5), 2)],  # not contiguous: through a contiguous copy
     ]
     assert plan.empty == [params[7]]
+
+
+def test_chunks_hold_at_most_chunk_stacks_of_one_kind() -> None:
+    params = _params([(64 + i, 300) for i in range(CHUNK + 3)] + [(5,)])  # large, distinct shapes: in place
+    optimizer = AdaLo(params)
+    for p in params:
+        optimizer.init_state(p, optimizer.state[p])
+    (chunks,) = plan_stacks(params, optimizer.state.__getitem__, optimizer.buffer_names).chunks.values()
+    assert [len(chunk) for chunk in chunks] == [CHUNK, 3, 1]
+    assert all(len({stack.kind for stack in chunk}) == 1 for chunk in chunks)
 
 
 @pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])

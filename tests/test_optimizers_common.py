@@ -462,13 +462,13 @@ def test_compiled_matches_eager_and_reference_and_never_recompiles(name):
         for scheduler in schedulers:
             scheduler.step()
     assert len(set(lrs)) > STEPS // 2  # the learning rate really changed from step to step
-    # One graph per phase and kind of stack (which of its sizes are 1, copied or in place), whatever the count
-    # and shapes of the tensors; later steps (a lr that changes, a late gradient) compile nothing again.
+    # One graph per phase and kind of chunk of stacks (which of their sizes are 1, copied or in place), whatever
+    # the count and shapes of the tensors; later steps (a lr that changes, a late gradient) compile nothing again.
     kinds = {
-        (tuple(min(size, 2) for size in stack.stacked_shape), stack.unit_start, stack.copied)
+        tuple(stack.kind for stack in chunk)
         for plan in compiled._plans.values()
-        for stacks in plan.stacks.values()
-        for stack in stacks
+        for chunks in plan.chunks.values()
+        for chunk in chunks
     }
     assert 0 < graphs_after_first - graphs_before <= len(spec.cls.phases) * len(kinds)
     assert counters["stats"]["unique_graphs"] == graphs_after_first  # and no recompile afterwards

@@ -18,7 +18,7 @@ import torch
 
 from lightning_opt.engine.compiled import (
     record_compile_failure,
-    run_stack,
+    run_stacks,
     runner_key,
     scalar_dtype,
     shared_runner,
@@ -205,15 +205,15 @@ class BaseOptimizer(torch.optim.Optimizer):
             plan = self._plan(index, group)
             if plan is None:
                 continue
-            for (device, dtype), stacks in plan.stacks.items():
+            for (device, dtype), chunks in plan.chunks.items():
                 # compiled: the group's numbers as one tensor per device and dtype (eager: Python floats)
                 group_values = (
                     torch.tensor(list(numbers.values()), dtype=scalar_dtype(dtype), device=device)
                     if self._compile
                     else None
                 )
-                for stack in stacks:
-                    self._step_stack(stack, group, numbers, group_values, flags, transforms)
+                for chunk in chunks:
+                    self._step_chunk(chunk, group, numbers, group_values, flags, transforms)
             if plan.empty:
                 torch._foreach_add_([self.state[p]["step"] for p in plan.empty], 1)
         return loss
@@ -249,36 +249,43 @@ class BaseOptimizer(torch.optim.Optimizer):
             "(skip_nonfinite=True); optimizer.nonfinite_skips counts them"
         )
 
-    def _step_stack(
+    def _step_chunk(
         self,
-        stack: Stack,
+        chunk: list[Stack],
         group: dict[str, Any],
         numbers: dict[str, float],
         group_values: Optional[torch.Tensor],
         flags: dict[str, Any],
         transforms: tuple[str, ...],
     ) -> None:
-        states = [self.state[param] for param in stack.params]
-        stack.bind(states, self.buffer_names)
-        steps = stack.advance_steps()
-        param, grad, buffers = stack.gather(states, self.buffer_names)
-        device, dtype = param.device, param.dtype
-        tensor_values = None
+        """One step of a chunk of stacks of one kind: every phase of the update, compiled (one call for the
+        whole chunk) or eagerly, then the copied stacks' parameters written back."""
+        params, grads, buffers, tensor_values = [], [], [], []
         tensor_names: tuple[str, ...] = ()
-        if type(self).tensor_hyperparameters is not BaseOptimizer.tensor_hyperparameters:
-            tensor_numbers = self.tensor_hyperparameters(group, steps.to(torch.float64))
-            tensor_names = tuple(tensor_numbers)
-            tensor_values = torch.stack(list(tensor_numbers.values()), dim=1).to(device, scalar_dtype(dtype))
+        for stack in chunk:
+            states = [self.state[param] for param in stack.params]
+            stack.bind(states, self.buffer_names)
+            steps = stack.advance_steps()
+            param, grad, stack_buffers = stack.gather(states, self.buffer_names)
+            params.append(param)
+            grads.append(grad)
+            buffers.append(stack_buffers)
+            values = None
+            if type(self).tensor_hyperparameters is not BaseOptimizer.tensor_hyperparameters:
+                per_tensor = self.tensor_hyperparameters(group, steps.to(torch.float64))
+                tensor_names = tuple(per_tensor)
+                values = torch.stack(list(per_tensor.values()), dim=1).to(param.device, scalar_dtype(param.dtype))
+            tensor_values.append(values)
         group_names = tuple(numbers)
-        carried: dict[str, torch.Tensor] = {}
+        carried: list[dict[str, torch.Tensor]] = [{} for _ in chunk]
         for k, name in enumerate(self.phases):
             phase = getattr(type(self), name)
             phase_transforms = transforms if k == 0 else ()  # only the first phase reads the gradient
             args = (
-                phase, param, grad, buffers, group_values, tensor_values, group_names, tensor_names, flags, carried,
-                phase_transforms, stack.unit_start,
+                phase, params, grads, buffers, group_values, tensor_values, group_names, tensor_names, flags,
+                carried, phase_transforms, chunk[0].unit_start,
             )
-            runner = self._runner(stack, k, phase, phase_transforms, flags, group_names, tensor_names, carried)
+            runner = self._runner(chunk, k, phase, phase_transforms, flags, group_names, tensor_names, carried[0])
             if runner is not None:
                 key, compiled = runner
                 try:
@@ -288,13 +295,14 @@ class BaseOptimizer(torch.optim.Optimizer):
                     message = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error) else ''}"
                     record_compile_failure(key, message)
                     self._eager_fallback_warned.add(key)
-                    self._warn_compile_failed(k, device, dtype, message)
-            carried = run_stack(*args[:4], list(numbers.values()), *args[5:])
-        stack.scatter()
+                    self._warn_compile_failed(k, chunk[0].params[0].device, chunk[0].params[0].dtype, message)
+            carried = run_stacks(*args[:4], list(numbers.values()), *args[5:])
+        for stack in chunk:
+            stack.scatter()
 
     def _runner(
         self,
-        stack: Stack,
+        chunk: list[Stack],
         phase_index: int,
         phase: Callable[..., Any],
         transforms: tuple[str, ...],
@@ -303,14 +311,14 @@ class BaseOptimizer(torch.optim.Optimizer):
         tensor_names: tuple[str, ...],
         carried: Mapping[str, torch.Tensor],
     ) -> Optional[tuple[tuple[Any, ...], Callable[..., Any]]]:
-        """The compiled runner of this phase for this kind of stack, with its key; ``None`` on the eager
+        """The compiled runner of this phase for this chunk of stacks, with its key; ``None`` on the eager
         path, or if that runner failed to compile (it then runs eagerly, with one warning per optimizer)."""
         if not self._compile:
             return None
-        param = stack.params[0]
+        param = chunk[0].params[0]
+        kinds = tuple(stack.kind for stack in chunk)
         key = runner_key(
-            phase, transforms, flags, group_names, tensor_names, tuple(carried), stack.stacked_shape,
-            stack.unit_start, stack.copied, param.device, param.dtype,
+            phase, transforms, flags, group_names, tensor_names, tuple(carried), kinds, param.device, param.dtype
         )
         runner = shared_runner(key)
         if isinstance(runner, str):  # this or another optimizer already failed to compile it

@@ -75,8 +75,33 @@ def run_stack(
     return update(param, grad, buffers, hyperparameters, flags) or {}
 
 
+def run_stacks(
+    update: Callable[..., Any],
+    params: Sequence[torch.Tensor],
+    grads: Sequence[torch.Tensor],
+    buffers: Sequence[dict[str, torch.Tensor]],
+    group_values: Any,
+    tensor_values: Sequence[Optional[torch.Tensor]],
+    group_names: Sequence[str],
+    tensor_names: Sequence[str],
+    flags: Mapping[str, Any],
+    carried: Sequence[Mapping[str, torch.Tensor]],
+    grad_transforms: Sequence[str],
+    unit_start: int,
+) -> list[dict[str, torch.Tensor]]:
+    """:func:`run_stack` over a chunk of stacks (the lists hold one entry per stack); returns what each
+    returned. Compiled, one call runs the whole chunk."""
+    return [
+        run_stack(
+            update, params[i], grads[i], buffers[i], group_values, tensor_values[i], group_names, tensor_names,
+            flags, carried[i], grad_transforms, unit_start,
+        )
+        for i in range(len(params))
+    ]
+
+
 class CompiledRunner:
-    """:func:`run_stack` compiled under a code object of its own (see the module docstring).
+    """:func:`run_stacks` compiled under a code object of its own (see the module docstring).
 
     The first call, which traces and compiles, runs without duck shaping; later calls (the same kind of
     stack, so dynamo's guards pass) go straight to the compiled code: the configuration patch costs
@@ -84,13 +109,13 @@ class CompiledRunner:
     """
 
     def __init__(self) -> None:
-        code = run_stack.__code__
+        code = run_stacks.__code__
         code = code.replace(co_name=f"{code.co_name}_{next(_runner_ids)}")
-        function = types.FunctionType(code, run_stack.__globals__, code.co_name)
+        function = types.FunctionType(code, run_stacks.__globals__, code.co_name)
         self._compiled = torch.compile(function, fullgraph=True, dynamic=True)
         self._traced = False
 
-    def __call__(self, *args: Any) -> dict[str, torch.Tensor]:
+    def __call__(self, *args: Any) -> list[dict[str, torch.Tensor]]:
         if self._traced:
             return self._compiled(*args)
         from torch.fx.experimental import _config as shape_config
@@ -108,16 +133,14 @@ def runner_key(
     group_names: Sequence[str],
     tensor_names: Sequence[str],
     carried_names: Sequence[str],
-    stacked_shape: Sequence[int],
-    unit_start: int,
-    copied: bool,
+    kinds: Sequence[Hashable],
     device: torch.device,
     dtype: torch.dtype,
 ) -> tuple[Any, ...]:
-    """The key under which :func:`shared_runner` keeps the compiled ``phase`` for a kind of stack: the
-    phase function, the transforms, the flags, the names of the numbers it reads, which of the stack's
-    sizes are 0 or 1 (dynamo specialises those), whether it is a copy (a view of a parameter requires
-    grad), the device and the dtype. Two stacks with equal keys run the same graph."""
+    """The key under which :func:`shared_runner` keeps the compiled ``phase`` for a chunk of stacks: the
+    phase function, the transforms, the flags, the names of the numbers it reads, the kind of each stack
+    of the chunk (:attr:`~lightning_opt.engine.stacks.Stack.kind`: which sizes are 0 or 1, which dynamo
+    specialises), the device and the dtype. Two chunks with equal keys run the same graph."""
     return (
         phase,
         tuple(grad_transforms),
@@ -125,9 +148,7 @@ def runner_key(
         tuple(group_names),
         tuple(tensor_names),
         tuple(carried_names),
-        tuple(size if size <= 1 else None for size in stacked_shape),
-        unit_start,
-        copied,
+        tuple(kinds),
         device,
         dtype,
     )
