@@ -18,6 +18,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 STEP_SPEED = BENCHMARKS / "step_speed.py"
 COMPILE_TIME = BENCHMARKS / "compile_time.py"
 GPU = BENCHMARKS / "gpu.py"
+ENGINE_TARGETS = BENCHMARKS / "engine_targets.py"
 
 
 def _run(*args: str, cwd: Path, script: Path = STEP_SPEED) -> subprocess.CompletedProcess[str]:
@@ -190,3 +191,19 @@ def test_the_gpu_benchmark_runs_the_readme_table_candidates() -> None:
     assert [Path(command[0]).name for command in commands] == ["step_speed.py", "step_speed.py", "compile_time.py"]
     assert [command[command.index("--shapes") + 1] for command in commands[:2]] == ["standard", "gpt2-small"]
     assert all(command[command.index("--device") + 1] == "cuda" for command in commands)
+
+
+def test_the_engine_targets_run_real_candidates_and_refuse_bad_arguments(tmp_path: Path) -> None:
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from engine_targets import MANY_SMALL_CANDIDATES, STANDARD_CANDIDATES
+        from step_speed import candidates
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    names = {candidate.name for candidate in candidates()}
+    assert set(MANY_SMALL_CANDIDATES) | set(STANDARD_CANDIDATES) <= names
+
+    result = _run("--steps", "3", cwd=tmp_path, script=ENGINE_TARGETS)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("engine_targets.py: error: unrecognized arguments: --steps 3")
