@@ -260,22 +260,16 @@ class BaseOptimizer(torch.optim.Optimizer):
     ) -> None:
         """One step of a chunk of stacks of one kind: every phase of the update, compiled (one call for the
         whole chunk) or eagerly, then the copied stacks' parameters written back."""
-        params, grads, buffers, tensor_values = [], [], [], []
-        tensor_names: tuple[str, ...] = ()
+        params, grads, buffers, steps = [], [], [], []
         for stack in chunk:
             states = [self.state[param] for param in stack.params]
             stack.bind(states, self.buffer_names)
-            steps = stack.advance_steps()
+            steps.append(stack.advance_steps())
             param, grad, stack_buffers = stack.gather(states, self.buffer_names)
             params.append(param)
             grads.append(grad)
             buffers.append(stack_buffers)
-            values = None
-            if type(self).tensor_hyperparameters is not BaseOptimizer.tensor_hyperparameters:
-                per_tensor = self.tensor_hyperparameters(group, steps.to(torch.float64))
-                tensor_names = tuple(per_tensor)
-                values = torch.stack(list(per_tensor.values()), dim=1).to(param.device, scalar_dtype(param.dtype))
-            tensor_values.append(values)
+        tensor_names, tensor_values = self._tensor_values(group, steps, params[0])
         group_names = tuple(numbers)
         carried: list[dict[str, torch.Tensor]] = [{} for _ in chunk]
         for k, name in enumerate(self.phases):
@@ -299,6 +293,18 @@ class BaseOptimizer(torch.optim.Optimizer):
             carried = run_stacks(*args[:4], list(numbers.values()), *args[5:])
         for stack in chunk:
             stack.scatter()
+
+    def _tensor_values(
+        self, group: dict[str, Any], steps: list[torch.Tensor], param: torch.Tensor
+    ) -> tuple[tuple[str, ...], list[Optional[torch.Tensor]]]:
+        """The names of the per-tensor hyper-parameters and, per stack of a chunk, a ``(k, n)`` tensor of their
+        values on the stacks' device, computed for the whole chunk at once (``None`` per stack if the optimizer
+        has none)."""
+        if type(self).tensor_hyperparameters is BaseOptimizer.tensor_hyperparameters:
+            return (), [None] * len(steps)
+        per_tensor = self.tensor_hyperparameters(group, torch.cat(steps).to(torch.float64))
+        values = torch.stack(list(per_tensor.values()), dim=1).to(param.device, scalar_dtype(param.dtype))
+        return tuple(per_tensor), list(values.split([len(s) for s in steps]))
 
     def _runner(
         self,

@@ -44,11 +44,8 @@ def sum_from(tensor: torch.Tensor, start: int) -> torch.Tensor:
     dims = tuple(range(start, tensor.dim()))
     if not dims:
         return tensor.to(dtype)
-    outer = math.prod(tensor.shape[:start])
-    if tensor.device.type == "cpu" and torch.compiler.is_compiling() and not _statically_one(outer):
-        # Inductor's C++ backend (torch 2.13) fails to generate code for a partial reduction fused with
-        # the elementwise update that reads it ("KeyError: 'buf0'" in its outer-loop fusion). The same
-        # sums as a matrix-vector product, an external kernel that it does not fuse, compile.
+    if _needs_matrix_product(tensor, start):
+        outer = math.prod(tensor.shape[:start])
         rows = tensor.reshape(outer, -1).to(dtype)
         sums = rows @ torch.ones(rows.shape[1], 1, dtype=dtype, device=tensor.device)
         return sums.view(*tensor.shape[:start], *([1] * len(dims)))
@@ -63,8 +60,15 @@ def norm_from(tensor: torch.Tensor, start: int) -> torch.Tensor:
         tensor([[5.],
                 [1.]])
     """
-    wide = tensor.to(accumulation_dtype(tensor))
-    return sum_from(wide * wide, start).sqrt()
+    dtype = accumulation_dtype(tensor)
+    dims = tuple(range(start, tensor.dim()))
+    if not dims:
+        return tensor.to(dtype).abs()
+    if _needs_matrix_product(tensor, start):
+        wide = tensor.to(dtype)
+        return sum_from(wide * wide, start).sqrt()
+    # no squared copy: a temporary as large as the tensor costs its page faults at every step (eager)
+    return torch.linalg.vector_norm(tensor, dim=dims, keepdim=True, dtype=dtype)
 
 
 def count_from(tensor: torch.Tensor, start: int) -> int:
@@ -77,6 +81,15 @@ def count_from(tensor: torch.Tensor, start: int) -> int:
     return max(math.prod(tensor.shape[start:]), 1)
 
 
-def _statically_one(size: object) -> bool:
-    """Whether ``size`` is the Python integer 1 (under dynamic shapes, a size that dynamo specialised)."""
-    return isinstance(size, int) and size == 1
+def _needs_matrix_product(tensor: torch.Tensor, start: int) -> bool:
+    """Whether a reduction over dimensions ``start, ...`` must be taken as a matrix-vector product.
+
+    Inductor's C++ backend (torch 2.13) fails to generate code for a partial reduction (one that keeps an
+    outer dimension of more than one element) fused with the elementwise update that reads it ("KeyError:
+    'buf0'" in its outer-loop fusion). The same sums as a matrix-vector product, an external kernel that it
+    does not fuse, compile. Eagerly, on CUDA, and for a whole-tensor reduction, the plain reduction is used.
+    """
+    if tensor.device.type != "cpu" or not torch.compiler.is_compiling():
+        return False
+    outer = math.prod(tensor.shape[:start])
+    return not (isinstance(outer, int) and outer == 1)  # an int under dynamic shapes: a size dynamo specialised
