@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch._inductor.config
@@ -54,7 +55,6 @@ from common import (  # noqa: E402
     write_json,
 )
 
-from lightning_opt import AdaLo  # noqa: E402
 from lightning_opt.registry import REGISTRY  # noqa: E402
 from lightning_opt.transforms.gradient import soft_clip_  # noqa: E402
 
@@ -87,6 +87,25 @@ class Candidate:
     first_step_s: float = 0.0
 
 
+def eager_and_compiled(
+    name: str, suffix: str = "", algorithm: str | None = None, extra_accesses: int = 0, **kwargs: Any
+) -> list[Candidate]:
+    """The eager and compiled candidates of the registered optimizer ``name`` built with ``kwargs``, named
+    ``name[-compiled]suffix``; ``extra_accesses`` adds to the registry's parameter-sized accesses."""
+    spec = REGISTRY[name]
+    return [
+        Candidate(
+            f"{name}{'-compiled' if compiled else ''}{suffix}",
+            algorithm or name,
+            "lightning-opt compiled" if compiled else "lightning-opt eager",
+            lambda p, c=compiled: spec.cls(p, compile=c, **kwargs),
+            spec.memory_accesses + extra_accesses,
+            spec.loss_driven,
+        )
+        for compiled in (False, True)
+    ]
+
+
 def candidates() -> list[Candidate]:
     found = [
         Candidate("AdamW-loop", "AdamW", "torch loop", lambda p: torch.optim.AdamW(p, foreach=False), ADAMW_ACCESSES),
@@ -96,40 +115,10 @@ def candidates() -> list[Candidate]:
         Candidate("AdamW-fused", "AdamW", "torch fused", lambda p: torch.optim.AdamW(p, fused=True), ADAMW_ACCESSES),
     ]
     for spec in REGISTRY.values():
-        for compiled in (False, True):
-            found.append(
-                Candidate(
-                    f"{spec.name}{'-compiled' if compiled else ''}",
-                    spec.name,
-                    "lightning-opt compiled" if compiled else "lightning-opt eager",
-                    lambda p, cls=spec.cls, c=compiled: cls(p, compile=c),
-                    spec.memory_accesses,
-                    spec.loss_driven,
-                )
-            )
-    spec = REGISTRY["AdaLo"]
-    for compiled in (False, True):
-        found.append(
-            Candidate(
-                f"AdaLo{'-compiled' if compiled else ''}+gc+softclip",
-                "AdaLo + grad_transforms",
-                "lightning-opt compiled" if compiled else "lightning-opt eager",
-                lambda p, c=compiled: AdaLo(p, compile=c, grad_transforms=TRANSFORMS),
-                spec.memory_accesses + TRANSFORM_ACCESSES,
-                loss_driven=True,
-            )
-        )
-    spec = REGISTRY["AdamAtan2"]
-    for compiled in (False, True):
-        found.append(
-            Candidate(
-                f"AdamAtan2{'-compiled' if compiled else ''}+cautious",
-                "AdamAtan2, cautious mask",
-                "lightning-opt compiled" if compiled else "lightning-opt eager",
-                lambda p, c=compiled, cls=spec.cls: cls(p, compile=c, cautious=True),
-                spec.memory_accesses,
-            )
-        )
+        found += eager_and_compiled(spec.name)
+    found += eager_and_compiled("AdaLo", "+gc+softclip", "AdaLo + grad_transforms", TRANSFORM_ACCESSES,
+                                grad_transforms=TRANSFORMS)
+    found += eager_and_compiled("AdamAtan2", "+cautious", "AdamAtan2, cautious mask", cautious=True)
     found.append(
         Candidate(
             "AdamW-fused+SoftClip",
