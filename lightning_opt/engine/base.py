@@ -10,6 +10,7 @@ stacking, the compiled path, checkpoints -- lives here once.
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar, Optional, Union
@@ -23,9 +24,14 @@ from lightning_opt.engine.compiled import (
     scalar_dtype,
     shared_runner,
 )
-from lightning_opt.engine.stacks import Plan, Stack, all_finite, plan_stacks, reject_sparse_grads
+from lightning_opt.engine.stacks import Plan, Stack, ViewFn, all_finite, plan_stacks, reject_sparse_grads, units_view
 from lightning_opt.transforms.arith import Scalar
-from lightning_opt.transforms.gradient import AGC_CLIPPING, GradTransformsArg, check_grad_transforms
+from lightning_opt.transforms.gradient import (
+    AGC_CLIPPING,
+    GradTransformsArg,
+    apply_gradient_transforms,
+    check_grad_transforms,
+)
 from lightning_opt.validation import check_bool, check_float, check_param_group, check_param_groups
 
 Hyperparameters = Mapping[str, Scalar]
@@ -51,7 +57,10 @@ class BaseOptimizer(torch.optim.Optimizer):
     as tensors of shape ``(k, units, width)``, with the group's numbers as scalars and the per-tensor ones
     as ``(k, 1, 1)`` tensors; elementwise code is written as for one tensor, and a reduction per tensor
     uses :func:`~lightning_opt.transforms.reductions.sum_from` (or ``norm_from``) with
-    :data:`~lightning_opt.transforms.reductions.PER_TENSOR`. The same function runs eagerly and compiled,
+    :data:`~lightning_opt.transforms.reductions.PER_TENSOR`. An optimizer that needs another layout sets
+    :attr:`stack_view` (the stack is then ``(k, *view)``), and one whose state is not of the parameter's
+    shape (factored moments, one number per tensor, packed bits) overrides :meth:`buffer_shapes` (and
+    :meth:`init_state` for a dtype other than the parameter's). The same function runs eagerly and compiled,
     on the CPU and on CUDA. An update that needs a reduction over a whole tensor before it can finish (a
     norm, say) is better written as ``phases``, names of static methods run one after the other over the
     stack: on the compiled path each phase is its own graph, which lets inductor update the state buffers
@@ -82,6 +91,11 @@ class BaseOptimizer(torch.optim.Optimizer):
     """
 
     buffer_names: ClassVar[tuple[str, ...]] = ()
+    """The names of the state buffers each parameter keeps; of the parameter's shape unless
+    :meth:`buffer_shapes` says otherwise."""
+    stack_view: ClassVar[ViewFn] = staticmethod(units_view)
+    """How the update sees each parameter (:data:`~lightning_opt.engine.stacks.ViewFn`): ``(units, width)``
+    by default; ``k`` parameters of one shape are then one ``(k, *view)`` tensor."""
     update: ClassVar[UpdateFn]
     phases: ClassVar[tuple[str, ...]] = ("update",)
     """The names of the update functions (static methods) run in turn over each stack."""
@@ -91,6 +105,10 @@ class BaseOptimizer(torch.optim.Optimizer):
     added (``__init__`` and ``add_param_group``, the group's own values or the defaults) and, before each
     step, on the groups whose values changed since (a scheduler's ``lr``); see
     :func:`~lightning_opt.validation.check_param_group`."""
+    whole_tensor_statistics: ClassVar[bool] = False
+    """Whether the update reduces over a whole tensor or over whole rows and columns (a norm, a factored
+    moment): such an optimizer refuses DTensor-sharded parameters (FSDP2), whose local shard would give
+    statistics of the shard instead of the tensor."""
     max_kept_plans: ClassVar[int] = 8
     """How many stack plans (:func:`~lightning_opt.engine.stacks.plan_stacks`) are kept, one per parameter
     group and set of parameters with gradients (parameters that get no gradient on some steps change the
@@ -143,6 +161,15 @@ class BaseOptimizer(torch.optim.Optimizer):
                     f"dtype {param.dtype} and shape {tuple(param.shape)}); view it as real with "
                     "torch.view_as_real and optimize that"
                 )
+            if self.whole_tensor_statistics and _is_sharded_dtensor(param):
+                self.param_groups.pop()
+                raise ValueError(
+                    f"Invalid params: {type(self).__name__} computes statistics over whole tensors (norms, or "
+                    f"factored moments over whole rows and columns), but a parameter of shape {tuple(param.shape)} "
+                    f"is a DTensor sharded as {tuple(param.placements)} (FSDP2): each rank would see only its "
+                    "shard. Keep these parameters unsharded (FSDP2's ignored_params, or DDP), or use an "
+                    "elementwise optimizer such as AdaLo or AdamAtan2"
+                )
 
     # ----------------------------------------------------------------- what a subclass provides
     def group_hyperparameters(self, group: dict[str, Any]) -> Optional[tuple[dict[str, float], dict[str, Any]]]:
@@ -161,18 +188,37 @@ class BaseOptimizer(torch.optim.Optimizer):
                 shape ``(k,)``; write the numbers with tensor operations (``beta ** steps``), in float64.
 
         Returns:
-            Named float64 tensors of shape ``(k,)``; the update reads each as a ``(k, 1, 1)`` tensor.
+            Named float64 tensors of shape ``(k,)``; the update reads each as a ``(k, 1, ..., 1)`` tensor.
         """
         return {}
 
     def begin_step(self, closure_loss: torch.Tensor | None) -> None:
         """Called once per step, before any group, with what the closure returned (loss-driven optimizers)."""
 
+    def buffer_shapes(self, shape: torch.Size) -> dict[str, tuple[int, ...]]:
+        """The shape of each state buffer of a parameter of ``shape``: the parameter's own by default.
+
+        A buffer of the parameter's shape is seen by the update in :attr:`stack_view`; any other (a factored
+        moment, one number per tensor) is seen as stored, stacked: ``(k, *shape)``. Declare such shapes in
+        terms of the view, so that they broadcast against the stack: ``(1,) * len(view)`` for one number per
+        tensor, ``(rows, 1)`` for one per row of a ``(rows, cols)`` view.
+
+        Example:
+            >>> from lightning_opt import AdamAtan2
+            >>> AdamAtan2([torch.zeros(2)]).buffer_shapes(torch.Size([3, 4]))
+            {'exp_avg': torch.Size([3, 4]), 'exp_avg_sq': torch.Size([3, 4])}
+        """
+        return {name: shape for name in self.buffer_names}
+
     def init_state(self, param: torch.Tensor, state: dict[str, Any]) -> None:
-        """Fill the empty state of ``param``: a CPU step counter, as torch.optim keeps it, and zero buffers."""
+        """Fill the empty state of ``param``: a CPU step counter, as torch.optim keeps it, and zero buffers of
+        :meth:`buffer_shapes` (in the parameter's dtype; override to keep another)."""
         state["step"] = torch.tensor(0.0, dtype=torch.float32)
-        for name in self.buffer_names:
-            state[name] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        for name, shape in self.buffer_shapes(param.shape).items():
+            if tuple(shape) == tuple(param.shape):
+                state[name] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            else:
+                state[name] = torch.zeros(shape, dtype=param.dtype, device=param.device)
 
     # ----------------------------------------------------------------- the step
     @torch.no_grad()
@@ -239,7 +285,9 @@ class BaseOptimizer(torch.optim.Optimizer):
                     self.init_state(param, state)
             if len(self._plans) >= self.max_kept_plans:
                 self._plans.pop(next(iter(self._plans)))
-            plan = self._plans[key] = plan_stacks(stepping, self.state.__getitem__, self.buffer_names)
+            plan = self._plans[key] = plan_stacks(
+                stepping, self.state.__getitem__, self.buffer_names, type(self).stack_view
+            )
         return plan
 
     def _report_nonfinite(self, skipped: int) -> None:
@@ -271,13 +319,22 @@ class BaseOptimizer(torch.optim.Optimizer):
             buffers.append(stack_buffers)
         tensor_names, tensor_values = self._tensor_values(group, steps, params[0])
         group_names = tuple(numbers)
+        unit_start = chunk[0].unit_start
+        if transforms and unit_start is None:  # the view splits units: transform in the units view first
+            grads = [
+                apply_gradient_transforms(
+                    grad.reshape(stack.units_shape()), param.reshape(stack.units_shape()), transforms, numbers, 2
+                ).view(grad.shape)
+                for stack, param, grad in zip(chunk, params, grads)
+            ]
+            transforms, unit_start = (), 1
         carried: list[dict[str, torch.Tensor]] = [{} for _ in chunk]
         for k, name in enumerate(self.phases):
             phase = getattr(type(self), name)
             phase_transforms = transforms if k == 0 else ()  # only the first phase reads the gradient
             args = (
                 phase, params, grads, buffers, group_values, tensor_values, group_names, tensor_names, flags,
-                carried, phase_transforms, chunk[0].unit_start,
+                carried, phase_transforms, unit_start,
             )
             runner = self._runner(chunk, k, phase, phase_transforms, flags, group_names, tensor_names, carried[0])
             if runner is not None:
@@ -363,6 +420,15 @@ class BaseOptimizer(torch.optim.Optimizer):
         for group in self.param_groups:  # groups saved before a hyper-parameter was added get its default
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
+
+
+def _is_sharded_dtensor(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` is a ``DTensor`` not replicated on every rank (checked without importing
+    ``torch.distributed.tensor``: a program that holds one has imported it)."""
+    module = sys.modules.get("torch.distributed.tensor")
+    if module is None or not isinstance(tensor, module.DTensor):
+        return False
+    return not all(placement.is_replicate() for placement in tensor.placements)
 
 
 def _dynamo_exception() -> type[Exception]:

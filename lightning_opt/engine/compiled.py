@@ -62,14 +62,15 @@ def run_stack(
 
     ``group_values`` holds the group's hyper-parameters (``group_names``): Python floats on the eager path,
     a 1-D tensor on the compiled path. ``tensor_values`` is a ``(k, len(tensor_names))`` tensor of each
-    tensor's own numbers (bias corrections), seen by the update as ``(k, 1, 1)`` tensors. ``carried`` holds
+    tensor's own numbers (bias corrections), seen by the update as ``(k, 1, ..., 1)`` tensors (as many
+    dimensions as the stack). ``carried`` holds
     what the previous phase returned (a norm per tensor, say), added to the hyper-parameters.
     ``grad_transforms`` names gradient transforms applied, out of place, to the gradient before ``update``
     reads it, with units starting at dimension ``unit_start``.
     """
     hyperparameters = {name: group_values[i] for i, name in enumerate(group_names)}
     for j, name in enumerate(tensor_names):
-        hyperparameters[name] = tensor_values[:, j].view(-1, 1, 1)  # type: ignore[index]
+        hyperparameters[name] = tensor_values[:, j].view(-1, *([1] * (param.dim() - 1)))  # type: ignore[index]
     hyperparameters.update(carried)
     grad = apply_gradient_transforms(grad, param, grad_transforms, hyperparameters, unit_start)
     return update(param, grad, buffers, hyperparameters, flags) or {}

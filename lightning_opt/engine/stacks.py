@@ -17,14 +17,23 @@ How a group's parameters are stacked, per device and dtype (:func:`plan_stacks`)
   through a contiguous copy.
 
 Tensors with no elements take no part in the maths; their step count still advances.
+
+What the update sees of one parameter is its *view* (:data:`ViewFn`): by default ``(units, width)``
+(:func:`units_view`); an optimizer that needs another layout (the last two dimensions as a matrix, the
+parameter's own dimensions, the most square matrix) sets its own, and the stack is then ``(k, *view)``.
+State buffers of the parameter's shape are seen in that view too; any other buffer (a factored second
+moment, a per-tensor scalar, packed bits) is seen as it is stored, stacked: ``(k, *buffer.shape)``. So an
+optimizer declares such a buffer in terms of the view, e.g. ``(rows, 1)`` for one value per row of a
+``(rows, cols)`` view, or ``(1, 1)`` for one value per tensor, so that it broadcasts against the stack.
 """
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -33,6 +42,43 @@ STACK_NUMEL = 1 << 14
 alone, in place. On this project's 2-core CPU, a stacked tensor costs about 6 ns per element in copies and
 a tensor run alone about 40 us in per-call host work (eager and compiled), which break even near 7,000
 elements; 16,384 leaves every bias, norm gain and small matrix stacked and every large matrix in place."""
+
+
+ViewFn = Callable[[torch.Size], tuple[int, ...]]
+"""The shape (without ``k``) an update sees a parameter of the given shape as; a view of its elements in
+order, so the product of the sizes is the parameter's number of elements."""
+
+
+def units_view(shape: torch.Size) -> tuple[int, ...]:
+    """The default view: ``(units, width)``, the output units (``shape[0]`` for two or more dimensions, else 1)
+    and the elements of each.
+
+    >>> units_view(torch.Size([64, 3, 3, 3])), units_view(torch.Size([10])), units_view(torch.Size([]))
+    ((64, 27), (1, 10), (1, 1))
+    """
+    units = shape[0] if len(shape) >= 2 else 1
+    return units, shape.numel() // max(units, 1)
+
+
+def view_unit_start(shape: torch.Size, view: Sequence[int]) -> Optional[int]:
+    """The first dimension of a unit (a slice along the parameter's first dimension; a 0-d or 1-D parameter
+    is one unit) in a ``(k, *view)`` stack, or ``None`` if a unit is not a trailing block of dimensions of
+    ``view``: the engine then applies gradient transforms before viewing the gradient so.
+
+    >>> view_unit_start(torch.Size([8, 4]), (8, 4)), view_unit_start(torch.Size([8, 4]), (1, 8, 4))
+    (2, 3)
+    >>> view_unit_start(torch.Size([5]), (1, 5)), view_unit_start(torch.Size([8, 2, 3, 3]), (16, 3, 3))
+    (1, None)
+    """
+    units = shape[0] if len(shape) >= 2 else 1
+    size = 1
+    for dim, extent in enumerate((1, *view)):
+        size *= extent
+        if size == units:
+            return dim + 1
+        if size > units:
+            break
+    return None
 
 
 class Stack:
@@ -46,9 +92,19 @@ class Stack:
     these views (``load_state_dict``, or a user, may have replaced them) and stacks the state again if not.
     """
 
-    def __init__(self, params: list[torch.Tensor], copied: bool) -> None:
+    def __init__(
+        self,
+        params: list[torch.Tensor],
+        copied: bool,
+        view: Optional[tuple[int, ...]] = None,
+        buffer_shapes: Optional[dict[str, torch.Size]] = None,
+    ) -> None:
         self.params = params
         self.shape = params[0].shape
+        self.view = units_view(self.shape) if view is None else tuple(view)
+        """What the update sees of each parameter (:data:`ViewFn`)."""
+        self.buffer_shapes = dict(buffer_shapes or {})
+        """The shapes of the state buffers not of the parameter's shape (seen as ``(k, *shape)``)."""
         self.copied = copied
         """Gathered with ``torch.stack`` and copied back after the update (else: one parameter, in place)."""
         self._steps: torch.Tensor | None = None
@@ -65,22 +121,32 @@ class Stack:
         self.copied = True
 
     @property
-    def stacked_shape(self) -> tuple[int, int, int]:
-        """``(k, units, width)``, the shape the update functions see."""
-        units = self.shape[0] if len(self.shape) >= 2 else 1
-        return len(self.params), units, self.shape.numel() // units
+    def stacked_shape(self) -> tuple[int, ...]:
+        """``(k, *view)``, the shape the update functions see (``(k, units, width)`` by default)."""
+        return len(self.params), *self.view
 
     @property
     def kind(self) -> tuple[Any, ...]:
-        """What a compiled graph specialises on: which of ``(k, units, width)`` are 1, the unit start, and
-        whether the stack is a copy (a view of a parameter requires grad); sizes above 1 are dynamic."""
-        return tuple(size if size <= 1 else None for size in self.stacked_shape), self.unit_start, self.copied
+        """What a compiled graph specialises on: which of the stacked sizes (and of the sizes of the buffers
+        not of the parameter's shape) are 0 or 1, the unit start, and whether the stack is a copy (a view of
+        a parameter requires grad); sizes above 1 are dynamic."""
+        def ones(sizes: Sequence[int]) -> tuple[Optional[int], ...]:
+            return tuple(size if size <= 1 else None for size in sizes)
+
+        buffers = tuple((name, ones(shape)) for name, shape in self.buffer_shapes.items())
+        return ones(self.stacked_shape), buffers, self.unit_start, self.copied
 
     @property
-    def unit_start(self) -> int:
-        """The first dimension of a unit in the stacked tensors: 2 for weights of two or more dimensions
-        (a unit is a row), 1 for 0-d and 1-D parameters (a unit is the whole tensor)."""
-        return 2 if len(self.shape) >= 2 else 1
+    def unit_start(self) -> Optional[int]:
+        """The first dimension of a unit in the stacked tensors (:func:`view_unit_start`): in the default view,
+        2 for weights of two or more dimensions (a unit is a row) and 1 for 0-d and 1-D parameters (a unit
+        is the whole tensor); ``None`` when the view splits units."""
+        return view_unit_start(self.shape, self.view)
+
+    def units_shape(self) -> tuple[int, int, int]:
+        """``(k, units, width)``: the stack seen in the default view, where every unit is a row."""
+        units, width = units_view(self.shape)
+        return len(self.params), units, width
 
     def bind(self, states: Sequence[dict[str, Any]], buffer_names: Sequence[str]) -> None:
         """Make ``states``' step counts (and, for a copied stack, buffers) views of this stack's tensors,
@@ -113,7 +179,7 @@ class Stack:
         shape = self.stacked_shape
         if not self.copied:
             param = self.params[0]
-            buffers = {name: states[0][name].view(shape) for name in buffer_names}
+            buffers = {name: self._in_place_buffer(states[0][name], name) for name in buffer_names}
             return param.view(shape), param.grad.reshape(shape), buffers  # type: ignore[union-attr]
         if self._param_copy is None:
             self._param_copy = torch.empty((len(self.params), *self.shape), dtype=self.params[0].dtype,
@@ -122,8 +188,15 @@ class Stack:
             self._grad_copy = torch.empty_like(self._param_copy)
         torch.stack(self.params, out=self._param_copy)
         torch.stack([p.grad for p in self.params], out=self._grad_copy)  # type: ignore[misc]
-        buffers = {name: self._buffers[name].view(shape) for name in buffer_names}
+        buffers = {
+            name: self._buffers[name] if name in self.buffer_shapes else self._buffers[name].view(shape)
+            for name in buffer_names
+        }
         return self._param_copy.view(shape), self._grad_copy.view(shape), buffers  # type: ignore[union-attr]
+
+    def _in_place_buffer(self, buffer: torch.Tensor, name: str) -> torch.Tensor:
+        """The stacked view of the one parameter's buffer ``name`` of a stack run in place."""
+        return buffer.unsqueeze(0) if name in self.buffer_shapes else buffer.view(self.stacked_shape)
 
     def scatter(self) -> None:
         """Copy a copied stack's updated parameters back into the parameters (nothing for one in place)."""
@@ -161,11 +234,15 @@ def chunk_stacks(stacks: Sequence[Stack], size: int = CHUNK) -> list[list[Stack]
 
 
 def plan_stacks(
-    params: Sequence[torch.Tensor], state_of: Callable[[torch.Tensor], dict[str, Any]], buffer_names: Sequence[str]
+    params: Sequence[torch.Tensor],
+    state_of: Callable[[torch.Tensor], dict[str, Any]],
+    buffer_names: Sequence[str],
+    view_of: ViewFn = units_view,
 ) -> Plan:
-    """Sort ``params`` (all with state already) into :class:`Stack`\\ s (see the module docstring)."""
+    """Sort ``params`` (all with state already) into :class:`Stack`\\ s (see the module docstring), each
+    seen by the update in the view ``view_of`` gives (:data:`ViewFn`)."""
     stacks: dict[tuple[torch.device, torch.dtype], list[Stack]] = {}
-    by_shape: dict[tuple[torch.device, torch.dtype, torch.Size], Stack] = {}
+    by_shape: dict[tuple[Any, ...], Stack] = {}
     empty = []
     for param in params:
         if param.numel() == 0:
@@ -173,17 +250,23 @@ def plan_stacks(
             continue
         bucket = stacks.setdefault((param.device, param.dtype), [])
         state = state_of(param)
+        view = tuple(view_of(param.shape))
+        buffer_shapes = {name: state[name].shape for name in buffer_names if state[name].shape != param.shape}
+        if math.prod(view) != param.numel():
+            raise ValueError(
+                f"Invalid view: {view} does not hold the {param.numel()} elements of a {tuple(param.shape)} parameter"
+            )
         contiguous = param.is_contiguous() and all(state[name].is_contiguous() for name in buffer_names)
         if contiguous and param.numel() > STACK_NUMEL:
-            bucket.append(Stack([param], copied=False))
+            bucket.append(Stack([param], False, view, buffer_shapes))
             continue
         if not contiguous:
-            bucket.append(Stack([param], copied=True))
+            bucket.append(Stack([param], True, view, buffer_shapes))
             continue
-        key = (param.device, param.dtype, param.shape)
+        key = (param.device, param.dtype, param.shape, tuple(buffer_shapes.items()))
         stack = by_shape.get(key)
         if stack is None:
-            stack = by_shape[key] = Stack([param], copied=False)
+            stack = by_shape[key] = Stack([param], False, view, buffer_shapes)
             bucket.append(stack)
         else:
             stack.add(param)
