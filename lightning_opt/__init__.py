@@ -17,7 +17,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from lightning_opt.factories import build_optimizer, param_groups_for_weight_decay
-from lightning_opt.optim import NSGDA, AdaLo, AdamAtan2
+from lightning_opt.optim import NSGDA, AdaLo, Adafactor, AdamAtan2
 from lightning_opt.registry import REGISTRY, OptimizerSpec, get_spec
 
 if TYPE_CHECKING:
@@ -37,6 +37,7 @@ __all__ = [
     "NSGDA",
     "REGISTRY",
     "AdaLo",
+    "Adafactor",
     "AdamAtan2",
     "AdaptiveGradientClipping",
     "GradientCentralization",

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from lightning_opt.optim import NSGDA, AdaLo, AdamAtan2
+from lightning_opt.optim import NSGDA, AdaLo, Adafactor, AdamAtan2
 
 
 @dataclass(frozen=True)
@@ -116,6 +116,38 @@ REGISTRY: dict[str, OptimizerSpec] = {
             memory_accesses=7,
             paper="Jelassi et al., OpenReview 2021",
             tags=("normalised",),
+        ),
+        OptimizerSpec(
+            name="Adafactor",
+            cls=Adafactor,
+            summary="factored second moment (row and column averages), relative step, update clipping; "
+            "sqrt taken last",
+            test_kwargs=(
+                {"lr": 5e-2},  # a number, for the common suite's LambdaLR (lr=None is the default)
+                # the relative step; clipping acts; eps2 above the RMS of the bf16 test's parameters (0.02)
+                {"weight_decay": 0.1, "decay_rate": -0.5, "clip_threshold": 0.5, "eps2": 0.3},
+                {"beta1": 0.9, "scale_parameter": False, "lr": 3e-3, "eps2": 1e-2, "eps1": 1e-3},
+                {"beta1": 0.5, "weight_decay": 0.05, "eps2": 0.1, "grad_transforms": ("centralize", "soft_clip")},
+            ),
+            invalid_kwargs=_COMMON_INVALID
+            + (
+                ({"beta1": 1.0}, "beta1"),
+                ({"beta1": "0.9"}, "beta1"),
+                ({"decay_rate": 0.8}, "decay_rate"),  # beta2_t = 1 - t**0.8 < 0
+                ({"decay_rate": -1.5}, "decay_rate"),
+                ({"eps1": 0.0}, "eps1"),  # a row without gradient would divide 0 by 0
+                ({"eps1": 1e-40}, "eps1"),  # a float32 subnormal
+                ({"eps2": 0.0}, "eps2"),
+                ({"clip_threshold": 0.0}, "clip_threshold"),
+                ({"clip_threshold": float("inf")}, "clip_threshold"),
+                ({"scale_parameter": 1}, "scale_parameter"),
+                ({"lr": 1e7, "clip_threshold": 2.0}, "lr"),  # lr * clip_threshold beyond 2**24
+                ({"weight_decay": 200.0}, "weight_decay"),  # decay factor 1 - 1e-2 * weight_decay < 0
+            ),
+            state_buffers=0,
+            memory_accesses=6,
+            paper="arXiv:1804.04235",
+            tags=("memory-light", "factored"),
         ),
         OptimizerSpec(
             name="AdamAtan2",

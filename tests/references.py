@@ -347,3 +347,105 @@ REFERENCES: dict[str, type[Reference]] = {
     cls.name: cls for cls in (AdamAtan2Reference, NSGDAReference, AdaLoReference)
 }
 """Registered optimizer name -> its float64 reference."""
+
+
+# ---------------------------------------------------------------------------------------------- Adafactor
+class AdafactorReference(Reference):
+    r"""Adafactor (arXiv:1804.04235: Algorithm 4 with eps1 added to G^2, the relative step and parameter scale
+    of section 8, update clipping of section 6), per tensor at step t, in the paper's form:
+
+    beta2_t = 1 - t^decay_rate;  rho = lr, or min(1e-2, 1/sqrt(t)) if lr is None;
+    alpha = max(eps2, RMS(p)) rho if scale_parameter else rho  (RMS of p before this step);
+    >= 2-D, each matrix G of the last two dims: R = b R + (1-b) mean_cols(G^2 + eps1),
+        C = b C + (1-b) mean_rows(G^2 + eps1), V = R C / mean(R)  (the paper's sums, as means);
+    0-d and 1-D: V = b V + (1-b)(g^2 + eps1), unfactored (reported as the package stores it: exp_avg_sq_col
+        = V as (1, 1, n), exp_avg_sq_row = mean(V) as (1, 1, 1));
+    U = G / sqrt(V);  U = U / max(1, RMS(U) / clip_threshold);
+    beta1: m = b1 m + (1-b1) alpha U, step = m;  else step = alpha U;   p = p (1 - rho wd) - step.
+    """
+
+    name = "Adafactor"
+    defaults = {
+        "lr": None,
+        "beta1": None,
+        "decay_rate": -0.8,
+        "eps1": 1e-30,
+        "eps2": 1e-3,
+        "clip_threshold": 1.0,
+        "scale_parameter": True,
+        "weight_decay": 0.0,
+    }
+    mutations = (
+        "no_update_clipping",  # u not clipped to RMS clip_threshold
+        "decay_by_alpha",  # transformers' weight decay: alpha * wd (with the parameter scale), not rho * wd
+        "factor_first_two_dims",  # a 4-D tensor factored over its first two dimensions
+        "no_parameter_scaling",  # alpha = rho even with scale_parameter
+        "relative_step_uncapped",  # rho = 1 / sqrt(t): the 1e-2 cap forgotten
+        "beta2_shifted",  # beta2_t = 1 - (t + 1)^decay_rate: the first step no longer takes g^2 whole
+    )
+
+    def init_state(self, p):
+        state: dict[str, Any] = {}
+        if self.mutation == "factor_first_two_dims" and p.dim() == 4:
+            batch, rows, cols = math.prod(p.shape[2:]), p.shape[0], p.shape[1]
+        elif p.dim() >= 2:
+            batch, rows, cols = math.prod(p.shape[:-2]), p.shape[-2], p.shape[-1]
+        else:
+            batch, rows, cols = 1, 1, p.numel()
+        state["exp_avg_sq_row"] = torch.zeros(batch, rows, 1, dtype=F64)
+        state["exp_avg_sq_col"] = torch.zeros(batch, 1, cols, dtype=F64)
+        if self.groups[0]["beta1"] is not None:
+            state["exp_avg"] = torch.zeros_like(p)
+        return state
+
+    def update(self, p, g, state, group, group_state):
+        mutation = self.mutation
+        if p.numel() == 0:
+            return p
+        t = state["step"]
+        shift = 1 if mutation == "beta2_shifted" else 0
+        one_minus_beta2 = float(t + shift) ** group["decay_rate"]
+        beta2 = 1.0 - one_minus_beta2
+        if group["lr"] is not None:
+            rho = group["lr"]
+        else:
+            rho = 1.0 / math.sqrt(t) if mutation == "relative_step_uncapped" else min(1e-2, 1.0 / math.sqrt(t))
+        rms_p = torch.sqrt(torch.mean(p * p))
+        if group["scale_parameter"] and mutation != "no_parameter_scaling":
+            alpha = torch.clamp(rms_p, min=group["eps2"]) * rho  # NaN stays NaN (Python's max would drop it)
+        else:
+            alpha = rho
+        square = g * g + group["eps1"]
+        if p.dim() >= 2:
+            if mutation == "factor_first_two_dims" and p.dim() == 4:
+                moved = square.permute(2, 3, 0, 1)  # the first two dims last
+                matrices = moved.reshape(-1, p.shape[0], p.shape[1])
+            else:
+                matrices = square.reshape(-1, p.shape[-2], p.shape[-1])
+            r = state["exp_avg_sq_row"] = beta2 * state["exp_avg_sq_row"] + one_minus_beta2 * matrices.mean(
+                dim=2, keepdim=True
+            )
+            c = state["exp_avg_sq_col"] = beta2 * state["exp_avg_sq_col"] + one_minus_beta2 * matrices.mean(
+                dim=1, keepdim=True
+            )
+            v = r * c / r.mean(dim=1, keepdim=True)
+            if mutation == "factor_first_two_dims" and p.dim() == 4:
+                v = v.reshape(p.shape[2], p.shape[3], p.shape[0], p.shape[1]).permute(2, 3, 0, 1)
+            v = v.reshape(p.shape)
+        else:
+            v = beta2 * state["exp_avg_sq_col"].reshape(p.shape) + one_minus_beta2 * square
+            state["exp_avg_sq_col"] = v.reshape(1, 1, -1)
+            state["exp_avg_sq_row"] = v.mean().reshape(1, 1, 1)
+        u = g / torch.sqrt(v)
+        rms_u = torch.sqrt(torch.mean(u * u))
+        if mutation != "no_update_clipping":
+            u = u / torch.clamp(rms_u / group["clip_threshold"], min=1.0)
+        if group["beta1"] is not None:
+            step = state["exp_avg"] = group["beta1"] * state["exp_avg"] + (1.0 - group["beta1"]) * alpha * u
+        else:
+            step = alpha * u
+        decay = alpha if mutation == "decay_by_alpha" else rho
+        return p * (1.0 - decay * group["weight_decay"]) - step
+
+
+REFERENCES[AdafactorReference.name] = AdafactorReference

@@ -1,7 +1,8 @@
 """The optimizers, one short module each, built from :mod:`lightning_opt.transforms`."""
 
+from lightning_opt.optim.adafactor import Adafactor
 from lightning_opt.optim.adalo import AdaLo
 from lightning_opt.optim.adam_atan2 import AdamAtan2
 from lightning_opt.optim.nsgda import NSGDA
 
-__all__ = ["NSGDA", "AdaLo", "AdamAtan2"]
+__all__ = ["NSGDA", "AdaLo", "Adafactor", "AdamAtan2"]
