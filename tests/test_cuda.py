@@ -148,6 +148,31 @@ def test_eager_compiled_and_the_float64_cpu_reference_agree(name: str) -> None:
 
 
 # ============================================================================================ a mixed-precision Trainer
+@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_a_step_never_waits_for_the_gpu(name: str, compile: bool) -> None:
+    """No step synchronises the host with the GPU (no ``.item()``, no copy from pageable memory of the
+    hyper-parameters or bias corrections): CUDA's sync debug mode turns any such wait into an error. A
+    synchronising step would keep the host from queueing kernels ahead, so host work and kernel time would
+    add up instead of overlapping."""
+    spec = REGISTRY[name]
+    params = [torch.nn.Parameter(torch.randn(shape, device=DEVICE)) for shape in SHAPES]
+    optimizer = spec.cls(params, compile=compile, **compiled_kwargs(name))
+    loss = {"loss": 1.0} if spec.loss_driven else {}
+    for step in range(3):
+        for p, g in zip(params, gradients(step)):
+            p.grad = g.to(DEVICE)
+        if step == 0:  # the first step may compile and allocate state
+            optimizer.step(**loss)
+            continue
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            optimizer.step(**loss)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+
 def test_grad_scaler_on_cuda_feeds_the_unscaled_loss_and_a_skipped_step_changes_nothing() -> None:
     """tests/test_loss_feeder.py's GradScaler test on the GPU: ``precision="16-mixed"`` with a CUDA GradScaler
     whose initial scale, 2**12, leaves the float16 gradients finite except where an inf is put."""

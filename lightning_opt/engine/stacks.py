@@ -29,6 +29,7 @@ optimizer declares such a buffer in terms of the view, e.g. ``(rows, 1)`` for on
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 from collections.abc import Callable, Iterable, Sequence
@@ -119,13 +120,15 @@ class Stack:
         """Add a parameter of the same shape (before the first :meth:`bind`); the stack becomes a copy."""
         self.params.append(param)
         self.copied = True
+        for name in _CACHED:  # read at every step, so cached; a stack changes only while it is planned
+            self.__dict__.pop(name, None)
 
-    @property
+    @functools.cached_property
     def stacked_shape(self) -> tuple[int, ...]:
         """``(k, *view)``, the shape the update functions see (``(k, units, width)`` by default)."""
         return len(self.params), *self.view
 
-    @property
+    @functools.cached_property
     def kind(self) -> tuple[Any, ...]:
         """What a compiled graph specialises on: which of the stacked sizes (and of the sizes of the buffers
         not of the parameter's shape) are 0 or 1, the unit start, and whether the stack is a copy (a view of
@@ -136,7 +139,7 @@ class Stack:
         buffers = tuple((name, ones(shape)) for name, shape in self.buffer_shapes.items())
         return ones(self.stacked_shape), buffers, self.unit_start, self.copied
 
-    @property
+    @functools.cached_property
     def unit_start(self) -> Optional[int]:
         """The first dimension of a unit in the stacked tensors (:func:`view_unit_start`): in the default view,
         2 for weights of two or more dimensions (a unit is a row) and 1 for 0-d and 1-D parameters (a unit
@@ -202,6 +205,10 @@ class Stack:
         """Copy a copied stack's updated parameters back into the parameters (nothing for one in place)."""
         if self.copied:
             torch._foreach_copy_(self.params, self._param_copy_views)
+
+
+_CACHED = ("stacked_shape", "kind", "unit_start")
+"""The properties of a :class:`Stack` that are computed once."""
 
 
 StackedTensors = tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]
