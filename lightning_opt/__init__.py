@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from lightning_opt.factories import build_optimizer, param_groups_for_weight_decay
 from lightning_opt.optim import NSGDA, AdaLo, Adafactor, AdamAtan2
+from lightning_opt.optim.smmf import SMMF
 from lightning_opt.registry import REGISTRY, OptimizerSpec, get_spec
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ __all__ = [
     "AdaLo",
     "Adafactor",
     "AdamAtan2",
+    "SMMF",
     "AdaptiveGradientClipping",
     "GradientCentralization",
     "LossFeeder",

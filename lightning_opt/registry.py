@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from lightning_opt.optim import NSGDA, AdaLo, Adafactor, AdamAtan2
+from lightning_opt.optim.smmf import SMMF
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,33 @@ REGISTRY: dict[str, OptimizerSpec] = {
             memory_accesses=7,
             paper="arXiv:2407.05872",
             tags=("eps-free", "cautious"),
+        ),
+        OptimizerSpec(
+            name="SMMF",
+            cls=SMMF,
+            summary="Adam-like moments as rank-1 factors of the most square matricization plus 1-bit signs",
+            test_kwargs=(
+                {"lr": 1e-2},  # no bias correction: the default 1e-3 moves bf16 weights by too few ulps in 12 steps
+                {"weight_decay": 0.1, "lr": 1e-2, "beta": 0.8, "decay_rate": -0.8, "growth_rate": 0.99, "eps": 1e-3},
+                {"lr": 1e-2, "beta": 0.0, "grad_transforms": ("centralize", "soft_clip")},
+            ),
+            invalid_kwargs=_COMMON_INVALID
+            + (
+                ({"beta": 1.0}, "beta"),
+                ({"beta": -0.1}, "beta"),
+                ({"eps": 0.0}, "eps"),  # a coordinate whose gradients were all 0 would step by 0 / 0
+                ({"eps": 3.5e38}, "eps"),
+                ({"decay_rate": 0.5}, "decay_rate"),  # beta_v = 1 - t**0.5 < 0
+                ({"decay_rate": -1.5}, "decay_rate"),
+                ({"growth_rate": 1.5}, "growth_rate"),
+                ({"growth_rate": -0.1}, "growth_rate"),
+                ({"lr": 1e8}, "lr"),  # beyond 2**24
+                ({"lr": 1.0, "weight_decay": 2.0}, "weight_decay"),  # decay factor 1 - lr * weight_decay < 0
+            ),
+            state_buffers=0,
+            memory_accesses=3,
+            paper="arXiv:2412.08894",
+            tags=("memory-light", "factored"),
         ),
     )
 }

@@ -449,3 +449,88 @@ class AdafactorReference(Reference):
 
 
 REFERENCES[AdafactorReference.name] = AdafactorReference
+
+
+# ---------------------------------------------------------------------------------------------- SMMF
+def smmf_shape_reference(numel: int) -> tuple[int, int]:
+    """SMMF's square matricization (arXiv:2412.08894): (numel / c, c) with c the largest divisor of numel
+    that is at most sqrt(numel); a prime numel gives one column, 0 elements give (0, 0)."""
+    for c in range(math.isqrt(numel), 0, -1):
+        if numel % c == 0:
+            return numel // c, c
+    return 0, 0
+
+
+def smmf_nnmf_reference(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The seed's ``_nnmf``: row sums and column sums; the shorter side's factor divided by its sum (if not 0)."""
+    rows, cols = matrix.sum(dim=1), matrix.sum(dim=0)
+    if matrix.shape[0] < matrix.shape[1]:
+        scale = rows.sum()
+        rows = rows / scale if scale != 0 else rows
+    else:
+        scale = cols.sum()
+        cols = cols / scale if scale != 0 else cols
+    return rows, cols
+
+
+class SMMFReference(Reference):
+    r"""SMMF (arXiv:2412.08894, Algorithms 1-4), per tensor at step t, the tensor seen as the (r, c) matrix of
+    :func:`smmf_shape_reference`: M = s * outer(r_m, c_m) (s = +1 where the stored sign bit is set, else -1),
+    V = outer(r_v, c_v) (the seed's ``_unnmf``); beta_m = beta growth_rate^(t-1), beta_v = 1 - t^decay_rate;
+    M = beta_m M + (1 - beta_m) g;  V = beta_v V + (1 - beta_v) g^2;
+    p = p (1 - lr wd) - lr M / (sqrt(V) + eps);  then the bits [M > 0], packed 8 rows per byte (bit j of byte
+    (i, col): row 8 i + j), and (r_m, c_m) = nnmf(|M|), (r_v, c_v) = nnmf(V) (the seed's ``_nnmf``)."""
+
+    name = "SMMF"
+    defaults = {"lr": 1e-3, "beta": 0.9, "eps": 1e-8, "weight_decay": 0.0, "decay_rate": -0.5, "growth_rate": 0.999}
+    mutations = (
+        "no_sign",  # the first moment restored as |M|, its sign forgotten
+        "update_from_compressed",  # the step reads the recompressed moments instead of this step's M and V
+        "no_growth",  # beta_m = beta at every step
+        "decay_rate_shifted",  # beta_v = 1 - (t + 1)^decay_rate
+        "l2_decay",  # weight decay added to the gradient instead of decoupled
+    )
+
+    def init_state(self, p):
+        r, c = smmf_shape_reference(p.numel())
+        return {
+            "exp_avg_row": torch.zeros(r, 1, dtype=F64),
+            "exp_avg_col": torch.zeros(1, c, dtype=F64),
+            "exp_avg_sign": torch.zeros(-(-r // 8), c, dtype=torch.uint8),
+            "exp_avg_sq_row": torch.zeros(r, 1, dtype=F64),
+            "exp_avg_sq_col": torch.zeros(1, c, dtype=F64),
+        }
+
+    def update(self, p, g, state, group, group_state):
+        mutation = self.mutation
+        t = state["step"]
+        r, c = smmf_shape_reference(p.numel())
+        lr, wd = group["lr"], group["weight_decay"]
+        if mutation == "l2_decay":
+            g, wd = g + wd * p, 0.0
+        g = g.reshape(r, c)
+        row_index = torch.arange(r).view(r, 1)
+        bits = (state["exp_avg_sign"].long()[row_index // 8, torch.arange(c)] >> (row_index % 8)) & 1
+        magnitude = torch.outer(state["exp_avg_row"].view(r), state["exp_avg_col"].view(c))
+        m = magnitude if mutation == "no_sign" else torch.where(bits == 1, magnitude, -magnitude)
+        v = torch.outer(state["exp_avg_sq_row"].view(r), state["exp_avg_sq_col"].view(c))
+        beta_m = group["beta"] * (1.0 if mutation == "no_growth" else group["growth_rate"] ** (t - 1))
+        beta_v = 1.0 - (t + 1 if mutation == "decay_rate_shifted" else t) ** group["decay_rate"]
+        m = beta_m * m + (1.0 - beta_m) * g
+        v = beta_v * v + (1.0 - beta_v) * g * g
+        packed = torch.zeros(-(-r // 8), c, dtype=torch.long)
+        for i in range(r):
+            packed[i // 8] += (m[i] > 0).long() << (i % 8)
+        state["exp_avg_sign"] = packed.to(torch.uint8)
+        row_m, col_m = smmf_nnmf_reference(m.abs())
+        row_v, col_v = smmf_nnmf_reference(v)
+        state["exp_avg_row"], state["exp_avg_col"] = row_m.view(r, 1), col_m.view(1, c)
+        state["exp_avg_sq_row"], state["exp_avg_sq_col"] = row_v.view(r, 1), col_v.view(1, c)
+        if mutation == "update_from_compressed":
+            m = torch.where(m > 0, 1.0, -1.0) * torch.outer(row_m, col_m)
+            v = torch.outer(row_v, col_v)
+        direction = (m / (v.sqrt() + group["eps"])).reshape(p.shape)
+        return p * (1.0 - lr * wd) - lr * direction
+
+
+REFERENCES[SMMFReference.name] = SMMFReference

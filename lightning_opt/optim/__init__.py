@@ -4,5 +4,7 @@ from lightning_opt.optim.adafactor import Adafactor
 from lightning_opt.optim.adalo import AdaLo
 from lightning_opt.optim.adam_atan2 import AdamAtan2
 from lightning_opt.optim.nsgda import NSGDA
+from lightning_opt.optim.smmf import SMMF
 
 __all__ = ["NSGDA", "AdaLo", "Adafactor", "AdamAtan2"]
+__all__ += ["SMMF"]
