@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from lightning_opt.factories import build_optimizer, param_groups_for_weight_decay
 from lightning_opt.optim import NSGDA, AdaLo, Adafactor, AdamAtan2
 from lightning_opt.optim.smmf import SMMF
+from lightning_opt.optim.adam_family import PNM, AdaMomentum, AdaNorm, AdaPNM, DiffGrad, SAdam
 from lightning_opt.registry import REGISTRY, OptimizerSpec, get_spec
 
 if TYPE_CHECKING:
@@ -49,6 +50,12 @@ __all__ = [
     "get_spec",
     "SoftClip",
     "param_groups_for_weight_decay",
+    "AdaMomentum",
+    "AdaNorm",
+    "AdaPNM",
+    "DiffGrad",
+    "PNM",
+    "SAdam",
 ]
 
 

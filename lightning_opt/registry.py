@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from lightning_opt.optim import NSGDA, AdaLo, Adafactor, AdamAtan2
+from lightning_opt.optim.adam_family import PNM, AdaMomentum, AdaNorm, AdaPNM, DiffGrad, SAdam
 from lightning_opt.optim.smmf import SMMF
 
 
@@ -58,6 +59,20 @@ _COMMON_INVALID: tuple[tuple[dict[str, Any], str], ...] = (
     ({"grad_transforms": [["soft_clip"]]}, "grad_transforms"),  # not a TypeError that names nothing
     ({"agc_clipping": 0.0}, "agc_clipping"),
     ({"agc_clipping": 3.5e38}, "agc_clipping"),  # beyond float32, the precision of the norms it scales
+)
+
+# The Adam family's presets (lightning_opt.optim.adam_family) validate alike.
+_FAMILY_INVALID: tuple[tuple[dict[str, Any], str], ...] = (
+    ({"betas": (1.5, 0.999)}, "beta1"),
+    ({"betas": (0.9, 1.0)}, "beta2"),
+    ({"eps": 0.0}, "eps"),
+    ({"denominator": "sqrt"}, "denominator"),
+    ({"softplus_beta": 0.0}, "softplus_beta"),
+    ({"cautious": 1}, "cautious"),
+    ({"cautious_weight_decay": "yes"}, "cautious_weight_decay"),
+    ({"lr": 1e8}, "lr"),  # the scale of every coordinate's step beyond 2**24
+    ({"lr": 1e7, "denominator": "atan2"}, "lr"),  # lr * 1.27 * pi / 2 beyond 2**24
+    ({"lr": 1.0, "weight_decay": 2.0}, "weight_decay"),  # decay factor 1 - lr * weight_decay < 0
 )
 
 REGISTRY: dict[str, OptimizerSpec] = {
@@ -208,6 +223,102 @@ REGISTRY: dict[str, OptimizerSpec] = {
             memory_accesses=3,
             paper="arXiv:2412.08894",
             tags=("memory-light", "factored"),
+        ),
+        OptimizerSpec(
+            name="DiffGrad",
+            cls=DiffGrad,
+            summary="Adam whose step is damped by diffGrad's friction sigmoid(|g_prev - g|); Adam-family pieces",
+            test_kwargs=(  # lr 1e-2: the bfloat16 test needs tensors that move by many ulps in 12 steps
+                {"lr": 1e-2},
+                {"denominator": "atan2", "cautious": True, "weight_decay": 0.1, "lr": 1e-2},
+                {"nesterov": True, "cautious_weight_decay": True, "weight_decay": 0.1, "betas": (0.8, 0.95),
+                 "lr": 1e-2},
+            ),
+            invalid_kwargs=_COMMON_INVALID + _FAMILY_INVALID + (({"nesterov": "true"}, "nesterov"),),
+            state_buffers=3,
+            memory_accesses=9,
+            paper="arXiv:1909.11015",
+            tags=("adam-family", "cautious"),
+        ),
+        OptimizerSpec(
+            name="SAdam",
+            cls=SAdam,
+            summary="Adam with the calibrated denominator softplus_beta(sqrt(v_hat) + eps) (Sadam)",
+            test_kwargs=(
+                {},
+                {"softplus_beta": 5.0, "eps": 0.05, "nesterov": True, "cautious": True, "lr": 1e-2},
+                {"denominator": "eps", "grad_transforms": ("centralize",), "weight_decay": 0.1, "lr": 1e-2},
+            ),
+            invalid_kwargs=_COMMON_INVALID + _FAMILY_INVALID,
+            state_buffers=2,
+            memory_accesses=7,
+            paper="arXiv:1908.00700",
+            tags=("adam-family", "cautious"),
+        ),
+        OptimizerSpec(
+            name="AdaMomentum",
+            cls=AdaMomentum,
+            summary="Adam whose second moment averages the squared momentum (twofold EMA)",
+            test_kwargs=(
+                {},
+                {"eps": 1e-3, "denominator": "softplus", "cautious_weight_decay": True, "weight_decay": 0.1},
+                {"nesterov": True, "denominator": "atan2", "cautious": True, "betas": (0.0, 0.9)},
+            ),
+            invalid_kwargs=_COMMON_INVALID + _FAMILY_INVALID,
+            state_buffers=2,
+            memory_accesses=7,
+            paper="arXiv:2106.11514",
+            tags=("adam-family", "cautious"),
+        ),
+        OptimizerSpec(
+            name="AdaNorm",
+            cls=AdaNorm,
+            summary="Adam whose momentum sees gradients rescaled up to their running norm, per tensor",
+            test_kwargs=(
+                {},
+                {"norm_beta": 0.5, "nesterov": True, "cautious": True, "denominator": "atan2", "lr": 1e-2},
+            ),
+            invalid_kwargs=_COMMON_INVALID + _FAMILY_INVALID + (({"norm_beta": 1.0}, "norm_beta"),),
+            state_buffers=2,  # and one number per tensor, the running norm
+            memory_accesses=8,
+            paper="arXiv:2210.06364",
+            tags=("adam-family", "cautious"),
+        ),
+        OptimizerSpec(
+            name="PNM",
+            cls=PNM,
+            summary="SGD with positive-negative momentum: two momenta alternating by step parity",
+            test_kwargs=(
+                {"lr": 1e-2},
+                {"lr": 1e-2, "momentum": 0.5, "beta0": 0.5, "cautious": True, "cautious_weight_decay": True,
+                 "weight_decay": 0.1},
+            ),
+            invalid_kwargs=_COMMON_INVALID
+            + (
+                ({"momentum": 1.0}, "momentum"),
+                ({"beta0": -1.0}, "beta0"),
+                ({"cautious": 1}, "cautious"),
+                ({"lr": 1e8}, "lr"),
+            ),
+            state_buffers=2,
+            memory_accesses=7,
+            paper="arXiv:2103.17182",
+            tags=("adam-family", "cautious"),
+        ),
+        OptimizerSpec(
+            name="AdaPNM",
+            cls=AdaPNM,
+            summary="positive-negative momentum over an AMSGrad second moment",
+            test_kwargs=(
+                {"lr": 1e-2},  # the bfloat16 test needs tensors that move by many ulps in 12 steps
+                {"beta0": 0.5, "denominator": "softplus", "cautious": True, "cautious_weight_decay": True,
+                 "weight_decay": 0.1, "lr": 1e-2},
+            ),
+            invalid_kwargs=_COMMON_INVALID + _FAMILY_INVALID + (({"beta0": float("inf")}, "beta0"),),
+            state_buffers=4,
+            memory_accesses=11,
+            paper="arXiv:2103.17182",
+            tags=("adam-family", "cautious"),
         ),
     )
 }

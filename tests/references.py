@@ -534,3 +534,186 @@ class SMMFReference(Reference):
 
 
 REFERENCES[SMMFReference.name] = SMMFReference
+
+
+# ---------------------------------------------------------------------------------------------- the Adam family
+class AdamFamilyReference(Reference):
+    r"""The Adam family (lightning_opt.optim.adam_family), per tensor at step t, in textbook form:
+
+    AdaNorm (2210.06364): e = r e + (1-r) ||g||; s = g e / ||g|| if e > ||g|| > 0 else g  (else s = g).
+    EMA momentum: m = b1 m + (1-b1) s; n = m / (1-b1^t), or NAdam's b1 m / (1-b1^(t+1)) + (1-b1) s / (1-b1^t).
+    PNM (2103.17182): the momentum of this step's parity (odd: exp_avg, even: neg_exp_avg) is
+    m+ = b1^2 m+ + (1-b1^2) s; n = ((1+b0) m+ - b0 m-) / sqrt((1+b0)^2 + b0^2), over (1-b1^t) for AdaPNM.
+    Second moment: v = b2 v + (1-b2) g^2, or AdaMomentum's (2106.11514) v = b2 v + (1-b2) m^2 + eps;
+    AdaPNM: v_max = max(v_max, v) in place of v.  v_hat = v / (1-b2^t).
+    u = n / (sqrt(v_hat) + eps) | 1.27 atan2(n, sqrt(v_hat)) | n / softplus_beta(sqrt(v_hat) + eps)
+    (Ranger21's torch.nn.functional.softplus, threshold 20); SGD-type PNM: u = n.
+    diffGrad (1909.11015): u = u sigmoid(|g_prev - g|), g_prev = 0 at the first step.
+    Cautious mask, cautious weight decay and the update as in AdamAtan2Reference.
+    """
+
+    momentum_kind: ClassVar[str] = "ema"
+    second_moment: ClassVar[str] = "grad"
+    amsgrad: ClassVar[bool] = False
+    friction: ClassVar[bool] = False
+    norm_correction: ClassVar[bool] = False
+    pnm_bias_correction: ClassVar[bool] = True
+    mutations = (
+        "no_friction",  # diffGrad's friction forgotten
+        "second_moment_of_gradient",  # AdaMomentum's v from g^2
+        "no_eps_in_second_moment",  # AdaMomentum's v without the eps added at each step
+        "no_norm_correction",  # AdaNorm's rescale forgotten
+        "norm_corrected_second_moment",  # AdaNorm's v from the rescaled gradient
+        "pnm_no_swap",  # one momentum updated at every step
+        "no_amsgrad",  # AdaPNM divides by v, not its running maximum
+        "softplus_of_root_only",  # softplus(sqrt(v_hat)) without eps inside (matters only for a large eps)
+    )
+
+    def init_state(self, p):
+        state = {"exp_avg": torch.zeros_like(p)}
+        if self.momentum_kind == "pnm":
+            state["neg_exp_avg"] = torch.zeros_like(p)
+        if self.second_moment != "none":
+            state["exp_avg_sq"] = torch.zeros_like(p)
+            if self.amsgrad:
+                state["max_exp_avg_sq"] = torch.zeros_like(p)
+        if self.friction:
+            state["previous_grad"] = torch.zeros_like(p)
+        if self.norm_correction:
+            state["exp_grad_norm"] = torch.zeros(1, 1, dtype=F64)  # one number, in the (units, width) view
+        return state
+
+    def update(self, p, g, state, group, group_state):
+        mutation = self.mutation
+        t = state["step"]
+        beta1, beta2 = group["betas"] if "betas" in group else (group["momentum"], 0.0)
+        s = g
+        if self.norm_correction and mutation != "no_norm_correction":
+            norm = torch.sqrt(torch.sum(g * g))
+            r = group["norm_beta"]
+            e = state["exp_grad_norm"] = r * state["exp_grad_norm"] + (1.0 - r) * norm
+            if norm > 0 and e.item() > norm:
+                s = g * e.item() / norm
+        if self.momentum_kind == "pnm":
+            beta0 = group["beta0"]
+            odd = t % 2 == 1 or mutation == "pnm_no_swap"
+            pos, neg = ("exp_avg", "neg_exp_avg") if odd else ("neg_exp_avg", "exp_avg")
+            m = state[pos] = beta1**2 * state[pos] + (1.0 - beta1**2) * s
+            n = ((1.0 + beta0) * m - beta0 * state[neg]) / math.sqrt((1.0 + beta0) ** 2 + beta0**2)
+            if self.pnm_bias_correction:
+                n = n / (1.0 - beta1**t)
+        else:
+            # the EMA in lerp form, as the package (and torch's Adam) computes it, so that infinities behave alike
+            m = state["exp_avg"] = state["exp_avg"] + (1.0 - beta1) * (s - state["exp_avg"])
+            if group["nesterov"] and beta1 > 0:
+                n = beta1 * m / (1.0 - beta1 ** (t + 1)) + (1.0 - beta1) * s / (1.0 - beta1**t)
+            else:
+                n = m / (1.0 - beta1**t)
+        if self.second_moment == "none":
+            u = n
+        else:
+            if self.second_moment == "momentum" and mutation != "second_moment_of_gradient":
+                added = 0.0 if mutation == "no_eps_in_second_moment" else group["eps"]
+                v = state["exp_avg_sq"] = beta2 * state["exp_avg_sq"] + (1.0 - beta2) * m * m + added
+            else:
+                x = s if mutation == "norm_corrected_second_moment" else g
+                v = state["exp_avg_sq"] = beta2 * state["exp_avg_sq"] + (1.0 - beta2) * x * x
+            if self.amsgrad:
+                state["max_exp_avg_sq"] = torch.maximum(state["max_exp_avg_sq"], v)
+                if mutation != "no_amsgrad":
+                    v = state["max_exp_avg_sq"]
+            root = torch.sqrt(v / (1.0 - beta2**t))
+            eps = group["eps"]
+            if group["denominator"] == "atan2":
+                u = 1.27 * torch.atan2(n, root)
+            elif group["denominator"] == "softplus":
+                inner = root if mutation == "softplus_of_root_only" else root + eps
+                u = n / torch.nn.functional.softplus(inner, beta=group["softplus_beta"])
+            else:
+                u = n / (root + eps)
+        if self.friction:
+            if mutation != "no_friction":
+                u = u * torch.sigmoid((state["previous_grad"] - g).abs())
+            state["previous_grad"] = g.clone()
+        if group["cautious"]:
+            agree = (u * g > 0).to(F64)
+            u = u * agree * (u.numel() / (agree.sum() + 1.0))
+        lr, wd = group["lr"], group["weight_decay"]
+        if group["cautious_weight_decay"]:
+            decay = lr * wd * (u * p > 0).to(F64) * p
+        else:
+            decay = lr * wd * p
+        return p - decay - lr * u
+
+
+_ADAPTIVE_DEFAULTS = {
+    "lr": 1e-3,
+    "betas": (0.9, 0.999),
+    "eps": 1e-8,
+    "weight_decay": 0.0,
+    "denominator": "eps",
+    "softplus_beta": 50.0,
+    "nesterov": False,
+    "cautious": False,
+    "cautious_weight_decay": False,
+}
+
+
+class DiffGradReference(AdamFamilyReference):
+    name = "DiffGrad"
+    defaults = dict(_ADAPTIVE_DEFAULTS)
+    friction = True
+
+
+class SAdamReference(AdamFamilyReference):
+    name = "SAdam"
+    defaults = {**_ADAPTIVE_DEFAULTS, "denominator": "softplus"}
+
+
+class AdaMomentumReference(AdamFamilyReference):
+    name = "AdaMomentum"
+    defaults = dict(_ADAPTIVE_DEFAULTS)
+    second_moment = "momentum"
+
+
+class AdaNormReference(AdamFamilyReference):
+    name = "AdaNorm"
+    defaults = {**_ADAPTIVE_DEFAULTS, "betas": (0.9, 0.99), "norm_beta": 0.95}
+    norm_correction = True
+
+
+class PNMReference(AdamFamilyReference):
+    name = "PNM"
+    defaults = {
+        "lr": 0.1,
+        "momentum": 0.9,
+        "beta0": 1.0,
+        "weight_decay": 0.0,
+        "cautious": False,
+        "cautious_weight_decay": False,
+    }
+    momentum_kind = "pnm"
+    second_moment = "none"
+    pnm_bias_correction = False
+
+
+class AdaPNMReference(AdamFamilyReference):
+    name = "AdaPNM"
+    defaults = {k: v for k, v in {**_ADAPTIVE_DEFAULTS, "beta0": 1.0}.items() if k != "nesterov"}
+    momentum_kind = "pnm"
+    amsgrad = True
+
+
+REFERENCES.update(
+    {
+        cls.name: cls
+        for cls in (
+            DiffGradReference,
+            SAdamReference,
+            AdaMomentumReference,
+            AdaNormReference,
+            PNMReference,
+            AdaPNMReference,
+        )
+    }
+)

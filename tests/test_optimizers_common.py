@@ -684,6 +684,12 @@ def test_complex_parameters_are_rejected(name):
 # updates); "tensor": the whole tensor does (its update is normalised by a norm over the tensor).
 # In every case the other tensors of the same step, group and bucket are unaffected.
 NONFINITE_SCOPE = {"AdaLo": "coordinate", "AdamAtan2": "coordinate", "NSGDA": "tensor"}
+# The Adam family: elementwise but for AdaNorm, whose running norm turns an inf into a tensor-wide step (a NaN
+# only disables its correction), as its reference does.
+NONFINITE_SCOPE.update(
+    DiffGrad="coordinate", SAdam="coordinate", AdaMomentum="coordinate", PNM="coordinate", AdaPNM="coordinate",
+    AdaNorm="reference",
+)
 NONFINITE_SCOPE["SMMF"] = "reference"  # the factors' sums carry it to its row and column, then further
 NONFINITE_SCOPE["Adafactor"] = "tensor"  # factored rows and columns, and the update's RMS over the tensor
 

@@ -5,9 +5,15 @@ eager path) or as 0-d tensors (the compiled path, where a changing value must no
 Optimizers in :mod:`lightning_opt.optim` are short compositions of these pieces.
 """
 
+from lightning_opt.transforms.acceleration import friction_, gradient_norm_correction_, momentum_second_moment_
 from lightning_opt.transforms.arith import Scalar, add_scaled, add_scaled_
 from lightning_opt.transforms.cautious import cautious_mask_
-from lightning_opt.transforms.denominators import atan2_direction
+from lightning_opt.transforms.denominators import (
+    adaptive_direction,
+    atan2_direction,
+    eps_direction,
+    softplus_direction,
+)
 from lightning_opt.transforms.gradient import (
     adaptive_clip,
     adaptive_clip_,
@@ -17,6 +23,7 @@ from lightning_opt.transforms.gradient import (
     soft_clip_,
 )
 from lightning_opt.transforms.moments import ema_, ema_sq_
+from lightning_opt.transforms.momentum import nesterov_numerator, positive_negative_momentum_
 from lightning_opt.transforms.weight_decay import (
     cautious_weight_decay_,
     decoupled_weight_decay_,
@@ -27,6 +34,7 @@ __all__ = [
     "Scalar",
     "adaptive_clip",
     "adaptive_clip_",
+    "adaptive_direction",
     "add_scaled",
     "add_scaled_",
     "atan2_direction",
@@ -37,7 +45,14 @@ __all__ = [
     "decoupled_weight_decay_",
     "ema_",
     "ema_sq_",
+    "eps_direction",
+    "friction_",
+    "gradient_norm_correction_",
     "l2_regularised",
+    "momentum_second_moment_",
+    "nesterov_numerator",
+    "positive_negative_momentum_",
     "soft_clip",
     "soft_clip_",
+    "softplus_direction",
 ]
