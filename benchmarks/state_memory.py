@@ -35,6 +35,22 @@ def state_bytes(optimizer: torch.optim.Optimizer) -> int:
     )
 
 
+def adafactor_peers() -> list[tuple[str, object]]:
+    """pytorch_optimizer's AdaFactor with its defaults (a first moment kept in bfloat16) and without a first
+    moment (``betas=(None, 0.999)``, as lightning-opt's defaults), and lightning-opt's with ``beta1=0.9``."""
+    from lightning_opt import Adafactor
+
+    peers: list[tuple[str, object]] = [("Adafactor beta1 0.9", lambda p: Adafactor(p, beta1=0.9))]
+    try:
+        from pytorch_optimizer import AdaFactor
+    except ImportError:
+        return peers
+    return peers + [
+        ("AdaFactor (pytorch_optimizer)", lambda p: AdaFactor(p)),
+        ("AdaFactor no momentum (pytorch_optimizer)", lambda p: AdaFactor(p, lr=None, betas=(None, 0.999))),
+    ]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/state_memory.json"))
@@ -46,6 +62,7 @@ def main(argv: list[str] | None = None) -> None:
         ("Adafactor (torch)", lambda p: torch.optim.Adafactor(p)),
     ]
     builders += [(spec.name, spec.cls) for spec in REGISTRY.values()]
+    builders += adafactor_peers()
     numel = sum(torch.Size(shape).numel() for shape in STANDARD_SHAPES)
     adamw_bytes = None
     rows, records = [], []

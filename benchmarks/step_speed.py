@@ -138,7 +138,21 @@ def candidates() -> list[Candidate]:
                 "AdamAtan2-lucidrains", "AdamAtan2", "adam-atan2-pytorch", lambda p: PublicAdamAtan2(p, lr=1e-3), 7
             )
         )
+    found += adafactor_peers()
     return found
+
+
+def adafactor_peers() -> list[Candidate]:
+    """torch's Adafactor (its single-tensor loop, the default) and pytorch_optimizer's AdaFactor without a first
+    moment (``betas=(None, 0.999)``; its default keeps one in bfloat16), as lightning-opt's Adafactor defaults.
+    Accesses: p, g read twice (moments, update), p written."""
+    peers = [Candidate("Adafactor-torch", "Adafactor", "torch loop", lambda p: torch.optim.Adafactor(p), 5)]
+    try:
+        from pytorch_optimizer import AdaFactor
+    except ImportError:
+        return peers
+    build = lambda p: AdaFactor(p, lr=None, betas=(None, 0.999))  # noqa: E731
+    return peers + [Candidate("Adafactor-pytorch_optimizer", "Adafactor", "pytorch_optimizer", build, 5)]
 
 
 def step(candidate: Candidate, optimizer: torch.optim.Optimizer) -> None:
