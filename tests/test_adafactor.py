@@ -352,3 +352,24 @@ def test_sharded_dtensors_are_refused_with_a_clear_message(tmp_path: Path) -> No
         Adafactor([torch.nn.Parameter(distribute_tensor(torch.randn(4, 3), mesh, [Replicate()]))])
     finally:
         dist.destroy_process_group()
+
+
+def test_precision_benchmark_writes_its_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """benchmarks/adafactor_precision.py on small matrices: every statistic, dtype and form in the table and the
+    JSON, and the errors of every form within a few unit roundoffs where none overflows or is clamped."""
+    import json
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from adafactor_precision import main
+
+    main(["--size", "64", "--seeds", "1", "--no-digits", "--out", str(tmp_path / "precision.json")])
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert len(table) == 1 + 4 * 2 * 3
+    records = json.loads((tmp_path / "precision.json").read_text())["results"]
+    assert {r["form"] for r in records} == {
+        "sqrt last (lightning-opt)", "_approx_sq_grad (transformers, pytorch_optimizer)", "torch.optim.Adafactor"
+    }
+    for record in records:
+        if not record["overflow"] and not record["clamped"]:
+            assert record["max"] <= 8 * record["unit_roundoff"], record
