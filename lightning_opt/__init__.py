@@ -20,6 +20,8 @@ from lightning_opt.factories import build_optimizer, param_groups_for_weight_dec
 from lightning_opt.optim import NSGDA, AdaLo, Adafactor, AdamAtan2
 from lightning_opt.optim.smmf import SMMF
 from lightning_opt.optim.adam_family import PNM, AdaMomentum, AdaNorm, AdaPNM, DiffGrad, SAdam
+from lightning_opt.optim.amos import Amos
+from lightning_opt.optim.sm3 import SM3
 from lightning_opt.registry import REGISTRY, OptimizerSpec, get_spec
 
 if TYPE_CHECKING:
@@ -41,6 +43,8 @@ __all__ = [
     "AdaLo",
     "Adafactor",
     "AdamAtan2",
+    "Amos",
+    "SM3",
     "SMMF",
     "AdaptiveGradientClipping",
     "GradientCentralization",

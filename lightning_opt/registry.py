@@ -15,6 +15,8 @@ import torch
 from lightning_opt.optim import NSGDA, AdaLo, Adafactor, AdamAtan2
 from lightning_opt.optim.adam_family import PNM, AdaMomentum, AdaNorm, AdaPNM, DiffGrad, SAdam
 from lightning_opt.optim.smmf import SMMF
+from lightning_opt.optim.amos import Amos
+from lightning_opt.optim.sm3 import SM3
 
 
 @dataclass(frozen=True)
@@ -196,6 +198,56 @@ REGISTRY: dict[str, OptimizerSpec] = {
             memory_accesses=7,
             paper="arXiv:2407.05872",
             tags=("eps-free", "cautious"),
+        ),
+        OptimizerSpec(
+            name="SM3",
+            cls=SM3,
+            summary="AdaGrad bounded by one accumulator per slice of every dimension (cover sets); momentum optional",
+            test_kwargs=(
+                {},
+                {"momentum": 0.9, "beta": 0.95, "lr": 0.05, "weight_decay": 0.1},
+                {"lr": 0.05, "eps": 1e-3, "grad_transforms": ("centralize", "adaptive_clip"), "agc_clipping": 0.05},
+            ),
+            invalid_kwargs=_COMMON_INVALID
+            + (
+                ({"momentum": 1.0}, "momentum"),
+                ({"beta": 1.0}, "beta"),  # accumulates nothing: steps of g / sqrt(eps)
+                ({"beta": -0.1}, "beta"),
+                ({"eps": 0.0}, "eps"),  # an entry never seen with a gradient would step by 0 / 0
+                ({"eps": 3.5e38}, "eps"),
+                ({"lr": 1e8}, "lr"),  # beyond 2**24
+                ({"lr": 1e5, "beta": 0.9999999}, "lr"),  # lr / sqrt(1 - beta) beyond 2**24
+                ({"weight_decay": 20.0}, "weight_decay"),  # decay factor 1 - lr * weight_decay < 0
+            ),
+            state_buffers=0,
+            memory_accesses=3,
+            paper="arXiv:1901.11150",
+            tags=("memory-light", "factored"),
+        ),
+        OptimizerSpec(
+            name="Amos",
+            cls=Amos,
+            summary="Adam-style steps with one second moment per tensor and adaptive decay towards a target scale",
+            test_kwargs=(
+                {},
+                {"momentum": 0.9, "beta": 0.99, "lr": 0.05, "extra_l2": 0.01, "weight_decay": 0.1},
+                {"lr": 0.3, "beta": 0.9, "c_coef": 0.5, "d_coef": 0.1, "grad_transforms": ("soft_clip",)},
+            ),
+            invalid_kwargs=_COMMON_INVALID
+            + (
+                ({"beta": 1.0}, "beta"),
+                ({"momentum": 1.0}, "momentum"),
+                ({"extra_l2": -1.0}, "extra_l2"),
+                ({"c_coef": -0.1}, "c_coef"),
+                ({"d_coef": float("inf")}, "d_coef"),
+                ({"eps": 0.0}, "eps"),  # a tensor whose gradients were all 0 would get 0 * inf
+                ({"lr": 2e7}, "lr"),  # lr * sqrt(2) beyond 2**24
+                ({"lr": 0.5, "weight_decay": 3.0}, "weight_decay"),  # decay factor 1 - lr * weight_decay < 0
+            ),
+            state_buffers=0,
+            memory_accesses=3,
+            paper="arXiv:2210.11693",
+            tags=("memory-light", "adaptive-decay"),
         ),
         OptimizerSpec(
             name="SMMF",

@@ -717,3 +717,136 @@ REFERENCES.update(
         )
     }
 )
+
+
+# ---------------------------------------------------------------------------------------------- SM3
+SM3_DIMS = 4
+
+
+def sm3_view_reference(shape: torch.Size) -> tuple[int, ...]:
+    """SM3's layout: the shape padded with leading 1s to four dimensions (more: the leading ones merged)."""
+    dims = tuple(shape)
+    while len(dims) > SM3_DIMS:
+        dims = (dims[0] * dims[1], *dims[2:])
+    return (1,) * (SM3_DIMS - len(dims)) + dims
+
+
+class SM3Reference(Reference):
+    r"""SM3 (1901.11150), per tensor x = g in the four-dimensional layout, one accumulator a_i per dimension i
+    (shaped (d0,1,1,1), (1,d1,1,1)...):  nu = min_i a_i (entry by entry);  nu = nu + x^2 if beta == 0, else
+    beta nu + (1-beta) x^2;  a_i = max of nu over every slice of dimension i (beta > 0: and of a_i itself);
+    u = x / sqrt(nu + eps);  momentum (if the constructor's momentum > 0): m = mu m + (1-mu) u, u = m;
+    p = p (1 - lr wd) - lr u.
+    """
+
+    name = "SM3"
+    defaults = {"lr": 0.1, "momentum": 0.0, "beta": 0.0, "eps": 1e-30, "weight_decay": 0.0}
+    mutations = ("max_over_covers", "accumulators_not_kept")
+
+    def __init__(self, param_groups: Sequence[Any], **kwargs: Any) -> None:
+        self.keeps_momentum = kwargs.get("momentum", self.defaults["momentum"]) > 0.0
+        super().__init__(param_groups, **kwargs)
+
+    def init_state(self, p):
+        view = sm3_view_reference(p.shape)
+        state = {
+            f"accumulator_{i}": torch.zeros([size if j == i else 1 for j, size in enumerate(view)], dtype=F64)
+            for i in range(SM3_DIMS)
+        }
+        if self.keeps_momentum:
+            state["momentum_buffer"] = torch.zeros_like(p)
+        return state
+
+    def update(self, p, g, state, group, group_state):
+        if p.numel() == 0:
+            return p
+        beta = group["beta"]
+        x = g.reshape(sm3_view_reference(p.shape))
+        accumulators = [state[f"accumulator_{i}"] for i in range(SM3_DIMS)]
+        nu = accumulators[0]
+        for a in accumulators[1:]:
+            nu = torch.maximum(nu, a) if self.mutation == "max_over_covers" else torch.minimum(nu, a)
+        nu = (nu if beta == 0.0 else beta * nu) + (1.0 - beta) * x * x
+        for i, a in enumerate(accumulators):
+            slice_max = nu.amax(dim=[j for j in range(SM3_DIMS) if j != i], keepdim=True)
+            if self.mutation != "accumulators_not_kept":
+                state[f"accumulator_{i}"] = torch.maximum(a, slice_max) if beta > 0.0 else slice_max
+        u = (x / torch.sqrt(nu + group["eps"])).reshape(p.shape)
+        if group["momentum"] > 0.0:
+            mu = group["momentum"]
+            u = state["momentum_buffer"] = mu * state["momentum_buffer"] + (1.0 - mu) * u
+        return p * (1.0 - group["lr"] * group["weight_decay"]) - group["lr"] * u
+
+
+REFERENCES[SM3Reference.name] = SM3Reference
+
+
+# ---------------------------------------------------------------------------------------------- Amos
+def amos_scale_reference(shape: torch.Size) -> float:
+    """eta: 0.5 for 0-d and 1-D tensors, sqrt(2 / fan_in) for 2-D, sqrt(1 / shape[1]) for more dimensions."""
+    if len(shape) <= 1:
+        return 0.5
+    return math.sqrt((2.0 if len(shape) == 2 else 1.0) / max(shape[1], 1))  # (3, 0): no elements to move
+
+
+class AmosReference(Reference):
+    r"""Amos (2210.11693), per tensor at step t, eta = amos_scale_reference(shape), init_lr = lr eta:
+    g2 = mean(g^2);  v = beta v + (1-beta) g2;  r = (1 - beta^t) / (v + eps);
+    c = 1 / sqrt(1 + c_coef sqrt(lr) b);  d = 1 / (1 + d_coef sqrt(init_lr) b);  gamma = c lr^2 r g2;
+    u = d (init_lr sqrt(r) g + (gamma / 2 + extra_l2) p);  b = b + gamma (1 + b);
+    momentum (if the constructor's momentum > 0): m = mu m + (1-mu) u, u = m;  p = p (1 - lr wd) - u.
+    """
+
+    name = "Amos"
+    defaults = {
+        "lr": 1e-3,
+        "beta": 0.999,
+        "momentum": 0.0,
+        "extra_l2": 0.0,
+        "c_coef": 0.25,
+        "d_coef": 0.25,
+        "eps": 1e-18,
+        "weight_decay": 0.0,
+    }
+    mutations = ("no_bias_correction", "decay_not_accumulated", "extra_l2_halved_negative")
+
+    def __init__(self, param_groups: Sequence[Any], **kwargs: Any) -> None:
+        self.keeps_momentum = kwargs.get("momentum", self.defaults["momentum"]) > 0.0
+        super().__init__(param_groups, **kwargs)
+
+    def init_state(self, p):
+        state = {
+            "exp_avg_sq": torch.zeros(1, 1, dtype=F64),
+            "decay": torch.zeros(1, 1, dtype=F64),
+            "target_scale": torch.full((1, 1), amos_scale_reference(p.shape), dtype=F64),
+        }
+        if self.keeps_momentum:
+            state["exp_avg"] = torch.zeros_like(p)
+        return state
+
+    def update(self, p, g, state, group, group_state):
+        if p.numel() == 0:
+            return p
+        lr, beta, t = group["lr"], group["beta"], state["step"]
+        eta = amos_scale_reference(p.shape)
+        g2 = torch.mean(g * g)
+        v = state["exp_avg_sq"] = beta * state["exp_avg_sq"] + (1.0 - beta) * g2
+        bias_correction = 1.0 if self.mutation == "no_bias_correction" else 1.0 - beta**t
+        r = bias_correction / (v + group["eps"])
+        b = state["decay"]
+        c = 1.0 / torch.sqrt(1.0 + group["c_coef"] * math.sqrt(lr) * b)
+        d = 1.0 / (1.0 + group["d_coef"] * math.sqrt(lr * eta) * b)
+        gamma = c * lr**2 * r * g2
+        l2 = (gamma - group["extra_l2"]) / 2.0 if self.mutation == "extra_l2_halved_negative" else (
+            gamma / 2.0 + group["extra_l2"]
+        )
+        u = (d * (lr * eta * torch.sqrt(r) * g + l2 * p)).reshape(p.shape)  # (1, 1) numbers times p
+        if self.mutation != "decay_not_accumulated":
+            state["decay"] = b + gamma * (1.0 + b)
+        if group["momentum"] > 0.0:
+            mu = group["momentum"]
+            u = state["exp_avg"] = mu * state["exp_avg"] + (1.0 - mu) * u
+        return p * (1.0 - lr * group["weight_decay"]) - u
+
+
+REFERENCES[AmosReference.name] = AmosReference

@@ -289,6 +289,11 @@ MUTANTS = [
     ("Adafactor", {"lr": 1e-2}, "no_parameter_scaling", F32),
     ("Adafactor", {}, "relative_step_uncapped", F32),
     ("Adafactor", {}, "beta2_shifted", F32),
+    ("SM3", {}, "max_over_covers", F32),
+    ("SM3", {"beta": 0.9, "momentum": 0.9, "lr": 0.05}, "accumulators_not_kept", F32),
+    ("Amos", {"lr": 0.05}, "no_bias_correction", F32),
+    ("Amos", {"lr": 0.3, "beta": 0.9}, "decay_not_accumulated", F32),
+    ("Amos", {"extra_l2": 0.05}, "extra_l2_halved_negative", F32),
     ("AdamAtan2", {}, "no_bias_correction1", F32),
     ("AdamAtan2", {}, "no_bias_correction2", F32),
     ("AdamAtan2", {}, "no_decay", F32),
@@ -684,6 +689,9 @@ def test_complex_parameters_are_rejected(name):
 # updates); "tensor": the whole tensor does (its update is normalised by a norm over the tensor).
 # In every case the other tensors of the same step, group and bucket are unaffected.
 NONFINITE_SCOPE = {"AdaLo": "coordinate", "AdamAtan2": "coordinate", "NSGDA": "tensor"}
+# "reference": where the float64 reference has them (SM3: a NaN spreads through the accumulators to its rows and
+# columns, then the tensor; an inf freezes them at a step of 0); Amos: its second moment is the tensor's mean.
+NONFINITE_SCOPE.update(SM3="reference", Amos="tensor")
 # The Adam family: elementwise but for AdaNorm, whose running norm turns an inf into a tensor-wide step (a NaN
 # only disables its correction), as its reference does.
 NONFINITE_SCOPE.update(
