@@ -152,7 +152,9 @@ def test_fit_writes_train_and_validation_scalars_to_tensorboard(tmp_path: Path) 
 # ----------------------------------------------------------------- convergence (about 10 s per optimizer)
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "optimizer", [None, "AdamAtan2", "NSGDA", "Adafactor"], ids=["AdaLo-from-config", "AdamAtan2", "NSGDA", "Adafactor"]
+    "optimizer",
+    [None, "AdamAtan2", "NSGDA", "Adafactor", "SM3", "Amos"],
+    ids=["AdaLo-from-config", "AdamAtan2", "NSGDA", "Adafactor", "SM3", "Amos"],
 )
 def test_config_reaches_95_percent_with_default_hyperparameters(tmp_path: Path, optimizer: str | None) -> None:
     args = [
