@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 from lightning_opt.factories import build_optimizer, param_groups_for_weight_decay
 from lightning_opt.optim import NSGDA, AdaLo, Adafactor, AdamAtan2
-from lightning_opt.optim.smmf import SMMF
 from lightning_opt.optim.adam_family import PNM, AdaMomentum, AdaNorm, AdaPNM, DiffGrad, SAdam
 from lightning_opt.optim.amos import Amos
+from lightning_opt.optim.lookahead import Lookahead
 from lightning_opt.optim.sm3 import SM3
+from lightning_opt.optim.smmf import SMMF
 from lightning_opt.registry import REGISTRY, OptimizerSpec, get_spec
 
 if TYPE_CHECKING:
@@ -42,10 +43,17 @@ __all__ = [
     "REGISTRY",
     "AdaLo",
     "Adafactor",
+    "AdaMomentum",
+    "AdaNorm",
+    "AdaPNM",
     "AdamAtan2",
     "Amos",
+    "Lookahead",
     "SM3",
     "SMMF",
+    "DiffGrad",
+    "PNM",
+    "SAdam",
     "AdaptiveGradientClipping",
     "GradientCentralization",
     "LossFeeder",
@@ -54,12 +62,6 @@ __all__ = [
     "get_spec",
     "SoftClip",
     "param_groups_for_weight_decay",
-    "AdaMomentum",
-    "AdaNorm",
-    "AdaPNM",
-    "DiffGrad",
-    "PNM",
-    "SAdam",
 ]
 
 

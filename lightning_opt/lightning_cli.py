@@ -17,6 +17,7 @@ Besides LightningCLI's own behaviour, :class:`LightningOptCLI`
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import inspect
 import re
@@ -364,6 +365,7 @@ class LightningOptCLI(LightningCLI):
             return
         init_args = getattr(node, "init_args", None)
         kwargs = init_args.as_dict() if init_args is not None else {}
+        kwargs = {name: _as_built(value) for name, value in kwargs.items()}
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -458,6 +460,17 @@ def _is_progress_bar(item: Any) -> bool:
         return True
     cls = _import_class(getattr(item, "class_path", None))
     return cls is not None and issubclass(cls, ProgressBar)
+
+
+def _as_built(value: Any) -> Any:
+    """An init argument as the real build passes it: a nested ``class_path`` / ``init_args`` (a callable argument,
+    such as Lookahead's ``optimizer``) becomes ``functools.partial(cls, **init_args)``."""
+    if isinstance(value, dict) and "class_path" in value:
+        cls = _import_class(value["class_path"])
+        if cls is not None:
+            init_args = value.get("init_args") or {}
+            return functools.partial(cls, **{name: _as_built(item) for name, item in init_args.items()})
+    return value
 
 
 def _import_class(class_path: Any) -> Optional[type]:
@@ -559,6 +572,11 @@ def describe_optimizer(optimizer: torch.optim.Optimizer) -> str:
         >>> describe_optimizer(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1))[:16]
         'SGD(lr=0.1, mome'
     """
+    inner = getattr(optimizer, "optimizer", None)
+    if isinstance(inner, torch.optim.Optimizer) and inner is not optimizer:  # a wrapper: Lookahead(k=5, ..., SGD(...))
+        names = [name for name in inspect.signature(type(optimizer)).parameters if name not in ("params", "optimizer")]
+        own = [f"{name}={getattr(optimizer, name)!r}" for name in names if hasattr(optimizer, name)]
+        return f"{type(optimizer).__name__}({', '.join([*own, describe_optimizer(inner)])})"
     group = optimizer.param_groups[0] if optimizer.param_groups else {}
     arguments = _argument_names(type(optimizer))
     values = {
