@@ -485,6 +485,31 @@ def test_a_ckpt_path_resume_is_bit_identical_to_the_uninterrupted_fit(
         assert torch.equal(mine, expected)
 
 
+class ManualRegression(TinyRegression):
+    """The same model under manual optimization: ``self.optimizers()`` is Lightning's wrapper of the Lookahead."""
+
+    def __init__(self, make_optimizer: Callable[[Any], torch.optim.Optimizer]) -> None:
+        super().__init__(make_optimizer)
+        self.automatic_optimization = False
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        optimizer = self.optimizers()
+        assert optimizer.k == 4 and optimizer.param_groups is optimizer.optimizer.optimizer.param_groups
+        loss = super().training_step(batch, batch_idx)
+        optimizer.zero_grad()
+        self.manual_backward(loss)
+        optimizer.step()
+        return loss
+
+
+def test_manual_optimization_steps_it_through_lightnings_wrapper(tmp_path: Path) -> None:
+    automatic, manual = TinyRegression(_adam_lookahead), ManualRegression(_adam_lookahead)
+    _fit(automatic, tmp_path / "a", max_epochs=2)
+    trainer = _fit(manual, tmp_path / "m", max_epochs=2)
+    assert trainer.optimizers[0].state_dict()["lookahead"]["steps"] == [6 % 4]
+    assert all(torch.equal(a, b) for a, b in zip(automatic.parameters(), manual.parameters()))
+
+
 def test_loss_feeder_feeds_a_wrapped_adalo_under_gradient_accumulation(tmp_path: Path) -> None:
     def make(params: Any) -> Lookahead:
         return Lookahead(AdaLo(params, lr=0.05), k=2)

@@ -43,7 +43,7 @@ class Lookahead(torch.optim.Optimizer):
     ``lr``, and Lightning's ``configure_optimizers`` and LightningCLI (``--optimizer lightning_opt.Lookahead
     --optimizer.optimizer AdamW``) can return it. ``step`` forwards its arguments to the inner step
     (``closure``, AdaLo's ``loss=``), and any public attribute it lacks is the inner optimizer's
-    (``set_loss``, so that :class:`~lightning_opt.LossFeeder` feeds a wrapped AdaLo).
+    (``set_loss``, so that :class:`~lightning_opt.callbacks.LossFeeder` feeds a wrapped AdaLo).
 
     ``state_dict()`` is the inner optimizer's, plus a ``"lookahead"`` entry with the slow weights (by
     parameter index, like ``"state"``), each group's steps since its last synchronisation and, for
