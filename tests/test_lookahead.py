@@ -379,6 +379,7 @@ def test_bad_checkpoints_are_value_errors_and_an_inner_only_one_loads_with_a_war
     with pytest.warns(UserWarning, match="slow weights restart from the current parameters"):
         plain.load_state_dict(optimizer.optimizer.state_dict())
     assert all(torch.equal(slow, p) for slow, p in zip(plain.state_dict()["lookahead"]["slow"].values(), params))
+    torch.optim.SGD(_params(), lr=0.1).load_state_dict(state)  # dropping Lookahead: torch ignores the extra entry
 
 
 def test_a_lookahead_inside_a_lookahead_round_trips() -> None:
