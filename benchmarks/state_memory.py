@@ -51,6 +51,16 @@ def adafactor_peers() -> list[tuple[str, object]]:
     ]
 
 
+def smmf_peers() -> list[tuple[str, object]]:
+    """The SMMF authors' code (eai-lab/SMMF, package ``SMMF``; pytorch_optimizer has no SMMF) where it is
+    installed: its sign is one ``bool`` byte per parameter, lightning-opt's one bit."""
+    try:
+        from SMMF import SMMF as AuthorsSMMF
+    except ImportError:
+        return []
+    return [("SMMF (authors, eai-lab)", lambda p: AuthorsSMMF(p))]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/state_memory.json"))
@@ -62,6 +72,7 @@ def main(argv: list[str] | None = None) -> None:
         ("Adafactor (torch)", lambda p: torch.optim.Adafactor(p)),
     ]
     builders += [(spec.name, spec.cls) for spec in REGISTRY.values()]
+    builders += smmf_peers()
     builders += adafactor_peers()
     numel = sum(torch.Size(shape).numel() for shape in STANDARD_SHAPES)
     adamw_bytes = None

@@ -139,7 +139,18 @@ def candidates() -> list[Candidate]:
             )
         )
     found += adafactor_peers()
+    found += smmf_peers()
     return found
+
+
+def smmf_peers() -> list[Candidate]:
+    """The SMMF authors' code (eai-lab/SMMF, package ``SMMF``) where it is installed: pytorch_optimizer has no
+    SMMF. Accesses: p, g read, p written (its sign and factors are small)."""
+    try:
+        from SMMF import SMMF as AuthorsSMMF
+    except ImportError:
+        return []
+    return [Candidate("SMMF-authors", "SMMF", "eai-lab/SMMF", lambda p: AuthorsSMMF(p), 3)]
 
 
 def adafactor_peers() -> list[Candidate]:

@@ -153,8 +153,8 @@ def test_fit_writes_train_and_validation_scalars_to_tensorboard(tmp_path: Path) 
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "optimizer",
-    [None, "AdamAtan2", "NSGDA", "Adafactor", "SM3", "Amos"],
-    ids=["AdaLo-from-config", "AdamAtan2", "NSGDA", "Adafactor", "SM3", "Amos"],
+    [None, "AdamAtan2", "NSGDA", "SMMF", "Adafactor", "SM3", "Amos"],
+    ids=["AdaLo-from-config", "AdamAtan2", "NSGDA", "SMMF", "Adafactor", "SM3", "Amos"],
 )
 def test_config_reaches_95_percent_with_default_hyperparameters(tmp_path: Path, optimizer: str | None) -> None:
     args = [
