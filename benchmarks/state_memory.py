@@ -61,6 +61,26 @@ def smmf_peers() -> list[tuple[str, object]]:
     return [("SMMF (authors, eai-lab)", lambda p: AuthorsSMMF(p))]
 
 
+def memory_light_peers() -> list[tuple[str, object]]:
+    """pytorch_optimizer's SM3 and Amos (defaults: SM3 keeps a momentum buffer even without momentum), and
+    lightning-opt's SM3 and Amos with momentum (a buffer of the parameter's shape each)."""
+    from lightning_opt import SM3, Amos
+
+    peers: list[tuple[str, object]] = [
+        ("SM3 momentum 0.9", lambda p: SM3(p, momentum=0.9)),
+        ("Amos momentum 0.9", lambda p: Amos(p, momentum=0.9)),
+    ]
+    try:
+        import pytorch_optimizer
+    except ImportError:
+        return peers
+    return peers + [
+        ("SM3 (pytorch_optimizer)", lambda p: pytorch_optimizer.SM3(p)),
+        ("Amos (pytorch_optimizer)", lambda p: pytorch_optimizer.Amos(p)),
+        ("Amos momentum 0.9 (pytorch_optimizer)", lambda p: pytorch_optimizer.Amos(p, momentum=0.9)),
+    ]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/state_memory.json"))
@@ -72,6 +92,7 @@ def main(argv: list[str] | None = None) -> None:
         ("Adafactor (torch)", lambda p: torch.optim.Adafactor(p)),
     ]
     builders += [(spec.name, spec.cls) for spec in REGISTRY.values()]
+    builders += memory_light_peers()
     builders += smmf_peers()
     builders += adafactor_peers()
     numel = sum(torch.Size(shape).numel() for shape in STANDARD_SHAPES)
