@@ -81,6 +81,19 @@ def memory_light_peers() -> list[tuple[str, object]]:
     ]
 
 
+def adam_family_peers() -> list[tuple[str, object]]:
+    """pytorch_optimizer's DiffGrad, AdaNorm, PNM and AdaPNM with their defaults (AdaPNM keeps the AMSGrad
+    maximum, as lightning-opt's), next to the presets of lightning-opt's Adam family."""
+    try:
+        import pytorch_optimizer
+    except ImportError:
+        return []
+    return [
+        (f"{name} (pytorch_optimizer)", getattr(pytorch_optimizer, name))
+        for name in ("DiffGrad", "AdaNorm", "PNM", "AdaPNM")
+    ]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/state_memory.json"))
@@ -92,6 +105,7 @@ def main(argv: list[str] | None = None) -> None:
         ("Adafactor (torch)", lambda p: torch.optim.Adafactor(p)),
     ]
     builders += [(spec.name, spec.cls) for spec in REGISTRY.values()]
+    builders += adam_family_peers()
     builders += memory_light_peers()
     builders += smmf_peers()
     builders += adafactor_peers()

@@ -140,6 +140,7 @@ def candidates() -> list[Candidate]:
         )
     found += adafactor_peers()
     found += smmf_peers()
+    found += adam_family_peers()
     return found
 
 
@@ -164,6 +165,24 @@ def adafactor_peers() -> list[Candidate]:
         return peers
     build = lambda p: AdaFactor(p, lr=None, betas=(None, 0.999))  # noqa: E731
     return peers + [Candidate("Adafactor-pytorch_optimizer", "Adafactor", "pytorch_optimizer", build, 5)]
+
+
+def adam_family_peers() -> list[Candidate]:
+    """pytorch_optimizer's DiffGrad, AdaNorm, PNM and AdaPNM (their defaults; foreach where they support it),
+    the oracles of lightning-opt's presets; accesses as the presets' ideal fused steps."""
+    try:
+        import pytorch_optimizer
+    except ImportError:
+        return []
+    return [
+        Candidate(f"{name}-pytorch_optimizer", name, "pytorch_optimizer", build, REGISTRY[name].memory_accesses)
+        for name, build in (
+            ("DiffGrad", lambda p: pytorch_optimizer.DiffGrad(p)),
+            ("AdaNorm", lambda p: pytorch_optimizer.AdaNorm(p)),
+            ("PNM", lambda p: pytorch_optimizer.PNM(p)),
+            ("AdaPNM", lambda p: pytorch_optimizer.AdaPNM(p)),
+        )
+    ]
 
 
 def step(candidate: Candidate, optimizer: torch.optim.Optimizer) -> None:

@@ -175,3 +175,13 @@ def test_config_reaches_95_percent_with_default_hyperparameters(tmp_path: Path, 
     assert cli.trainer.current_epoch == epochs
     assert type(cli.trainer.optimizers[0]).__name__ == (optimizer or "AdaLo")
     assert float(cli.trainer.callback_metrics["val_acc"]) >= 0.95
+
+
+ADAM_FAMILY = ["DiffGrad", "SAdam", "AdaMomentum", "AdaNorm", "PNM", "AdaPNM"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("optimizer", ADAM_FAMILY)
+def test_adam_family_reaches_95_percent_with_default_hyperparameters(tmp_path: Path, optimizer: str) -> None:
+    """The presets of lightning_opt.optim.adam_family under the same config (PNM: its default lr 0.1)."""
+    test_config_reaches_95_percent_with_default_hyperparameters(tmp_path, optimizer)

@@ -339,30 +339,9 @@ def _hyperparameters(arguments: dict[str, Any]) -> dict[str, Any]:
     return {name: value for name, value in arguments.items() if name not in ("self", "params", "__class__")}
 
 
-_COMMON_ARGS = """
-        weight_decay: decoupled weight decay (AdamW style), multiplied by ``lr``.
-        cautious: apply the cautious mask (arXiv:2411.16085) to the update.
-        cautious_weight_decay: decay only where the update and the parameter agree in sign (arXiv:2510.12402).
-        compile: fuse the update with ``torch.compile`` (same numbers, faster steps).
-        skip_nonfinite: leave a tensor untouched (with a warning) when its gradient has inf or NaN.
-        grad_transforms: gradient transforms applied in order before the update, without changing ``p.grad``:
-            ``"centralize"``, ``"adaptive_clip"``, ``"soft_clip"`` (:mod:`lightning_opt.transforms.gradient`).
-        agc_clipping: the largest unit-wise gradient-to-parameter norm ratio of ``"adaptive_clip"``."""
-
-_ADAPTIVE_ARGS = """
-        eps: added to ``sqrt(v_hat)`` (``"eps"`` and ``"softplus"`` denominators; unused by ``"atan2"``).
-        denominator: ``"eps"`` (``m_hat / (sqrt(v_hat) + eps)``), ``"atan2"`` (``1.27 * atan2(m_hat, sqrt(v_hat))``,
-            eps-free, arXiv:2407.05872) or ``"softplus"`` (``m_hat / softplus_beta(sqrt(v_hat) + eps)``, Sadam,
-            arXiv:1908.00700).
-        softplus_beta: the ``beta`` of the softplus denominator."""
-
-_NESTEROV_ARG = """
-        nesterov: the NAdam look-ahead ``beta1 m / (1 - beta1**(t+1)) + (1 - beta1) g / (1 - beta1**t)`` in place
-            of ``m / (1 - beta1**t)`` (``torch.optim.NAdam`` without its momentum schedule)."""
-
 
 class DiffGrad(AdamFamily):
-    __doc__ = f"""diffGrad: Adam whose step is damped by the friction ``sigmoid(|g_prev - g|)`` of each coordinate.
+    """diffGrad: Adam whose step is damped by the friction ``sigmoid(|g_prev - g|)`` of each coordinate.
 
     ``u = sigmoid(|g_prev - g|) * m_hat / (sqrt(v_hat) + eps)`` (see :class:`AdamFamily` for the whole update):
     a coordinate whose gradient barely changes takes about half of Adam's step. State: 3 tensors of the
@@ -374,8 +353,22 @@ class DiffGrad(AdamFamily):
     Args:
         params: iterable of parameters or of dicts defining parameter groups.
         lr: learning rate.
-        betas: coefficients of the running averages of the gradient and of its square.{_ADAPTIVE_ARGS}{_NESTEROV_ARG}
-        {_COMMON_ARGS.strip()}
+        betas: coefficients of the running averages of the gradient and of its square.
+        eps: added to ``sqrt(v_hat)`` (``"eps"`` and ``"softplus"`` denominators; unused by ``"atan2"``).
+        denominator: ``"eps"`` (``m_hat / (sqrt(v_hat) + eps)``), ``"atan2"`` (``1.27 * atan2(m_hat, sqrt(v_hat))``,
+            eps-free, arXiv:2407.05872) or ``"softplus"`` (``m_hat / softplus_beta(sqrt(v_hat) + eps)``, Sadam,
+            arXiv:1908.00700).
+        softplus_beta: the ``beta`` of the softplus denominator.
+        nesterov: the NAdam look-ahead ``beta1 m / (1 - beta1**(t+1)) + (1 - beta1) g / (1 - beta1**t)`` in place
+            of ``m / (1 - beta1**t)`` (``torch.optim.NAdam`` without its momentum schedule).
+        weight_decay: decoupled weight decay (AdamW style), multiplied by ``lr``.
+        cautious: apply the cautious mask (arXiv:2411.16085) to the update.
+        cautious_weight_decay: decay only where the update and the parameter agree in sign (arXiv:2510.12402).
+        compile: fuse the update with ``torch.compile`` (same numbers, faster steps).
+        skip_nonfinite: leave a tensor untouched (with a warning) when its gradient has inf or NaN.
+        grad_transforms: gradient transforms applied in order before the update, without changing ``p.grad``:
+            ``"centralize"``, ``"adaptive_clip"``, ``"soft_clip"`` (:mod:`lightning_opt.transforms.gradient`).
+        agc_clipping: the largest unit-wise gradient-to-parameter norm ratio of ``"adaptive_clip"``.
 
     Example:
         >>> model = torch.nn.Linear(4, 2)
@@ -410,7 +403,7 @@ class DiffGrad(AdamFamily):
 
 
 class SAdam(AdamFamily):
-    __doc__ = f"""Sadam: Adam with the calibrated denominator ``softplus_beta(sqrt(v_hat) + eps)`` (arXiv:1908.00700).
+    """Sadam: Adam with the calibrated denominator ``softplus_beta(sqrt(v_hat) + eps)`` (arXiv:1908.00700).
 
     ``u = m_hat / softplus_beta(sqrt(v_hat) + eps)``: the denominator never falls below ``log(2) / beta``, so a
     coordinate with a tiny second moment no longer takes a huge step; where ``sqrt(v_hat)`` is large it is Adam.
@@ -420,8 +413,22 @@ class SAdam(AdamFamily):
     Args:
         params: iterable of parameters or of dicts defining parameter groups.
         lr: learning rate.
-        betas: coefficients of the running averages of the gradient and of its square.{_ADAPTIVE_ARGS}{_NESTEROV_ARG}
-        {_COMMON_ARGS.strip()}
+        betas: coefficients of the running averages of the gradient and of its square.
+        eps: added to ``sqrt(v_hat)`` (``"eps"`` and ``"softplus"`` denominators; unused by ``"atan2"``).
+        denominator: ``"eps"`` (``m_hat / (sqrt(v_hat) + eps)``), ``"atan2"`` (``1.27 * atan2(m_hat, sqrt(v_hat))``,
+            eps-free, arXiv:2407.05872) or ``"softplus"`` (``m_hat / softplus_beta(sqrt(v_hat) + eps)``, Sadam,
+            arXiv:1908.00700).
+        softplus_beta: the ``beta`` of the softplus denominator.
+        nesterov: the NAdam look-ahead ``beta1 m / (1 - beta1**(t+1)) + (1 - beta1) g / (1 - beta1**t)`` in place
+            of ``m / (1 - beta1**t)`` (``torch.optim.NAdam`` without its momentum schedule).
+        weight_decay: decoupled weight decay (AdamW style), multiplied by ``lr``.
+        cautious: apply the cautious mask (arXiv:2411.16085) to the update.
+        cautious_weight_decay: decay only where the update and the parameter agree in sign (arXiv:2510.12402).
+        compile: fuse the update with ``torch.compile`` (same numbers, faster steps).
+        skip_nonfinite: leave a tensor untouched (with a warning) when its gradient has inf or NaN.
+        grad_transforms: gradient transforms applied in order before the update, without changing ``p.grad``:
+            ``"centralize"``, ``"adaptive_clip"``, ``"soft_clip"`` (:mod:`lightning_opt.transforms.gradient`).
+        agc_clipping: the largest unit-wise gradient-to-parameter norm ratio of ``"adaptive_clip"``.
 
     Example:
         >>> model = torch.nn.Linear(4, 2)
@@ -455,7 +462,7 @@ class SAdam(AdamFamily):
 
 
 class AdaMomentum(AdamFamily):
-    __doc__ = f"""AdaMomentum: Adam whose second moment averages the squared *momentum* instead of the squared gradient.
+    """AdaMomentum: Adam whose second moment averages the squared *momentum* instead of the squared gradient.
 
     ``m <- beta1 m + (1 - beta1) g``, ``v <- beta2 v + (1 - beta2) m^2 + eps`` (the paper adds eps to ``v`` at
     every step), ``u = m_hat / (sqrt(v_hat) + eps)``. The momentum is smoother than the gradient, so ``v`` is
@@ -465,9 +472,23 @@ class AdaMomentum(AdamFamily):
     Args:
         params: iterable of parameters or of dicts defining parameter groups.
         lr: learning rate.
-        betas: coefficients of the running averages of the gradient and of the squared momentum.{_ADAPTIVE_ARGS}
-            Also added to ``v`` at every step.{_NESTEROV_ARG}
-        {_COMMON_ARGS.strip()}
+        betas: coefficients of the running averages of the gradient and of the squared momentum.
+        eps: added to ``v`` at every step (the paper's), and to ``sqrt(v_hat)`` (``"eps"`` and ``"softplus"``
+            denominators).
+        denominator: ``"eps"`` (``m_hat / (sqrt(v_hat) + eps)``), ``"atan2"`` (``1.27 * atan2(m_hat, sqrt(v_hat))``,
+            eps-free, arXiv:2407.05872) or ``"softplus"`` (``m_hat / softplus_beta(sqrt(v_hat) + eps)``, Sadam,
+            arXiv:1908.00700).
+        softplus_beta: the ``beta`` of the softplus denominator.
+        nesterov: the NAdam look-ahead ``beta1 m / (1 - beta1**(t+1)) + (1 - beta1) g / (1 - beta1**t)`` in place
+            of ``m / (1 - beta1**t)`` (``torch.optim.NAdam`` without its momentum schedule).
+        weight_decay: decoupled weight decay (AdamW style), multiplied by ``lr``.
+        cautious: apply the cautious mask (arXiv:2411.16085) to the update.
+        cautious_weight_decay: decay only where the update and the parameter agree in sign (arXiv:2510.12402).
+        compile: fuse the update with ``torch.compile`` (same numbers, faster steps).
+        skip_nonfinite: leave a tensor untouched (with a warning) when its gradient has inf or NaN.
+        grad_transforms: gradient transforms applied in order before the update, without changing ``p.grad``:
+            ``"centralize"``, ``"adaptive_clip"``, ``"soft_clip"`` (:mod:`lightning_opt.transforms.gradient`).
+        agc_clipping: the largest unit-wise gradient-to-parameter norm ratio of ``"adaptive_clip"``.
 
     Example:
         >>> model = torch.nn.Linear(4, 2)
@@ -502,7 +523,7 @@ class AdaMomentum(AdamFamily):
 
 
 class AdaNorm(AdamFamily):
-    __doc__ = f"""AdaNorm: Adam whose momentum is fed gradients rescaled up to their running norm.
+    """AdaNorm: Adam whose momentum is fed gradients rescaled up to their running norm.
 
     Per tensor, ``e <- norm_beta e + (1 - norm_beta) ||g||``; where ``e > ||g|| > 0`` the momentum averages
     ``(e / ||g||) g`` instead of ``g``; the second moment still averages ``g^2``. A gradient smaller than usual
@@ -516,9 +537,23 @@ class AdaNorm(AdamFamily):
     Args:
         params: iterable of parameters or of dicts defining parameter groups.
         lr: learning rate.
-        betas: coefficients of the running averages of the gradient and of its square.{_ADAPTIVE_ARGS}{_NESTEROV_ARG}
+        betas: coefficients of the running averages of the gradient and of its square.
+        eps: added to ``sqrt(v_hat)`` (``"eps"`` and ``"softplus"`` denominators; unused by ``"atan2"``).
+        denominator: ``"eps"`` (``m_hat / (sqrt(v_hat) + eps)``), ``"atan2"`` (``1.27 * atan2(m_hat, sqrt(v_hat))``,
+            eps-free, arXiv:2407.05872) or ``"softplus"`` (``m_hat / softplus_beta(sqrt(v_hat) + eps)``, Sadam,
+            arXiv:1908.00700).
+        softplus_beta: the ``beta`` of the softplus denominator.
+        nesterov: the NAdam look-ahead ``beta1 m / (1 - beta1**(t+1)) + (1 - beta1) g / (1 - beta1**t)`` in place
+            of ``m / (1 - beta1**t)`` (``torch.optim.NAdam`` without its momentum schedule).
         norm_beta: coefficient of the running average of the gradient norm (``gamma`` in the paper).
-        {_COMMON_ARGS.strip()}
+        weight_decay: decoupled weight decay (AdamW style), multiplied by ``lr``.
+        cautious: apply the cautious mask (arXiv:2411.16085) to the update.
+        cautious_weight_decay: decay only where the update and the parameter agree in sign (arXiv:2510.12402).
+        compile: fuse the update with ``torch.compile`` (same numbers, faster steps).
+        skip_nonfinite: leave a tensor untouched (with a warning) when its gradient has inf or NaN.
+        grad_transforms: gradient transforms applied in order before the update, without changing ``p.grad``:
+            ``"centralize"``, ``"adaptive_clip"``, ``"soft_clip"`` (:mod:`lightning_opt.transforms.gradient`).
+        agc_clipping: the largest unit-wise gradient-to-parameter norm ratio of ``"adaptive_clip"``.
 
     Example:
         >>> model = torch.nn.Linear(4, 2)
@@ -554,7 +589,7 @@ class AdaNorm(AdamFamily):
 
 
 class PNM(AdamFamily):
-    __doc__ = f"""PNM: SGD with positive-negative momentum, two momenta that alternate by step parity.
+    """PNM: SGD with positive-negative momentum, two momenta that alternate by step parity.
 
     Each momentum averages every other gradient, ``m <- momentum**2 m + (1 - momentum**2) g`` (the one of this
     step's parity), and the step mixes them: ``p <- p - lr ((1 + beta0) m_this - beta0 m_other) / sqrt((1 +
@@ -571,7 +606,14 @@ class PNM(AdamFamily):
             0.1 to 1).
         momentum: the coefficient ``beta1`` of each momentum, used squared.
         beta0: how much of the other momentum is subtracted (1 in the paper).
-        {_COMMON_ARGS.strip()}
+        weight_decay: decoupled weight decay (AdamW style), multiplied by ``lr``.
+        cautious: apply the cautious mask (arXiv:2411.16085) to the update.
+        cautious_weight_decay: decay only where the update and the parameter agree in sign (arXiv:2510.12402).
+        compile: fuse the update with ``torch.compile`` (same numbers, faster steps).
+        skip_nonfinite: leave a tensor untouched (with a warning) when its gradient has inf or NaN.
+        grad_transforms: gradient transforms applied in order before the update, without changing ``p.grad``:
+            ``"centralize"``, ``"adaptive_clip"``, ``"soft_clip"`` (:mod:`lightning_opt.transforms.gradient`).
+        agc_clipping: the largest unit-wise gradient-to-parameter norm ratio of ``"adaptive_clip"``.
 
     Example:
         >>> model = torch.nn.Linear(4, 2)
@@ -606,7 +648,7 @@ class PNM(AdamFamily):
 
 
 class AdaPNM(AdamFamily):
-    __doc__ = f"""AdaPNM: positive-negative momentum over an AMSGrad denominator.
+    """AdaPNM: positive-negative momentum over an AMSGrad denominator.
 
     The two momenta of :class:`PNM` (coefficient ``beta1**2``), their mix divided by ``1 - beta1**t``, over
     ``sqrt(max_t v_hat) + eps``: ``v`` is Adam's second moment and the denominator uses its running maximum, as
@@ -620,8 +662,20 @@ class AdaPNM(AdamFamily):
         params: iterable of parameters or of dicts defining parameter groups.
         lr: learning rate.
         betas: the coefficient ``beta1`` of each momentum (used squared) and ``beta2`` of the second moment.
-        beta0: how much of the other momentum is subtracted (1 in the paper).{_ADAPTIVE_ARGS}
-        {_COMMON_ARGS.strip()}
+        beta0: how much of the other momentum is subtracted (1 in the paper).
+        eps: added to ``sqrt(v_hat)`` (``"eps"`` and ``"softplus"`` denominators; unused by ``"atan2"``).
+        denominator: ``"eps"`` (``m_hat / (sqrt(v_hat) + eps)``), ``"atan2"`` (``1.27 * atan2(m_hat, sqrt(v_hat))``,
+            eps-free, arXiv:2407.05872) or ``"softplus"`` (``m_hat / softplus_beta(sqrt(v_hat) + eps)``, Sadam,
+            arXiv:1908.00700).
+        softplus_beta: the ``beta`` of the softplus denominator.
+        weight_decay: decoupled weight decay (AdamW style), multiplied by ``lr``.
+        cautious: apply the cautious mask (arXiv:2411.16085) to the update.
+        cautious_weight_decay: decay only where the update and the parameter agree in sign (arXiv:2510.12402).
+        compile: fuse the update with ``torch.compile`` (same numbers, faster steps).
+        skip_nonfinite: leave a tensor untouched (with a warning) when its gradient has inf or NaN.
+        grad_transforms: gradient transforms applied in order before the update, without changing ``p.grad``:
+            ``"centralize"``, ``"adaptive_clip"``, ``"soft_clip"`` (:mod:`lightning_opt.transforms.gradient`).
+        agc_clipping: the largest unit-wise gradient-to-parameter norm ratio of ``"adaptive_clip"``.
 
     Example:
         >>> model = torch.nn.Linear(4, 2)
