@@ -325,3 +325,26 @@ def test_pnm_takes_no_second_moment_options():
         PNM([torch.nn.Parameter(torch.zeros(1))], denominator="atan2")  # type: ignore[call-arg]
     with pytest.raises(TypeError):
         AdaPNM([torch.nn.Parameter(torch.zeros(1))], nesterov=True)  # type: ignore[call-arg]
+
+
+# ============================================================================================ the references' teeth
+MUTANTS = [
+    ("DiffGrad", {"lr": 1e-2}, "no_friction"),
+    ("AdaMomentum", {}, "second_moment_of_gradient"),
+    ("AdaMomentum", {"eps": 1e-3}, "no_eps_in_second_moment"),
+    ("AdaNorm", {"norm_beta": 0.5}, "no_norm_correction"),
+    ("AdaNorm", {"norm_beta": 0.5}, "norm_corrected_second_moment"),
+    ("PNM", {"lr": 1e-2}, "pnm_no_swap"),
+    ("AdaPNM", {"lr": 1e-2}, "no_amsgrad"),
+    ("SAdam", {"eps": 0.05, "softplus_beta": 5.0}, "softplus_of_root_only"),
+]
+
+
+@pytest.mark.parametrize(("name", "kwargs", "mutation"), MUTANTS, ids=[f"{m[0]}-{m[2]}" for m in MUTANTS])
+def test_the_common_suites_tolerance_tells_each_piece_apart(name, kwargs, mutation):
+    """A reference with one piece broken is told apart from the package by the common suite's float32
+    tolerance (and the right reference is not): each piece is really checked there."""
+    from tests.test_optimizers_common import F32, run_against_reference
+
+    assert run_against_reference(name, kwargs, F32, mutation=mutation, check=False) > 1.0
+    assert run_against_reference(name, kwargs, F32, check=False) <= 1.0
