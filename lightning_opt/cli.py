@@ -79,7 +79,7 @@ def unknown_optimizer_message(name: str) -> str | None:
         >>> unknown_optimizer_message("adamw") is None  # registry and torch.optim names: any case
         True
         >>> print(unknown_optimizer_message("adaloo").splitlines()[0])
-        Invalid --optimizer: 'adaloo' is not the name of an optimizer. Did you mean 'AdaLo' or 'Adam'?
+        Invalid --optimizer: 'adaloo' is not the name of an optimizer. Did you mean 'AdaLo' or 'AdaNorm' or 'Adam'?
     """
     if "." in name or name[:1] in "{[" or name.lower() in ("null", "none") or Path(name).is_file():
         return None

@@ -169,7 +169,7 @@ def test_suggestions_do_not_depend_on_what_other_packages_define() -> None:
 
     pytest.importorskip("pytorch_optimizer")
     assert unknown_optimizer_message("adaloo") == before
-    assert before.splitlines()[0].endswith("Did you mean 'AdaLo' or 'Adam'?")
+    assert before.splitlines()[0].endswith("Did you mean 'AdaLo' or 'AdaNorm' or 'Adam'?")
     assert unknown_optimizer_message("AdaLoq") is None  # an exact name of a defined subclass still resolves
 
 
