@@ -763,8 +763,11 @@ class SM3Reference(Reference):
         beta = group["beta"]
         x = g.reshape(sm3_view_reference(p.shape))
         accumulators = [state[f"accumulator_{i}"] for i in range(SM3_DIMS)]
-        nu = accumulators[0]
-        for a in accumulators[1:]:
+        # a dimension of size 1 has one slice, the whole tensor: its accumulator (the max of all) never wins the
+        # min; left out of it, as the package does, so that a NaN spreads alike (0-d: the last accumulator)
+        covering = [a for i, a in enumerate(accumulators) if x.shape[i] > 1] or accumulators[-1:]
+        nu = covering[0]
+        for a in covering[1:]:
             nu = torch.maximum(nu, a) if self.mutation == "max_over_covers" else torch.minimum(nu, a)
         nu = (nu if beta == 0.0 else beta * nu) + (1.0 - beta) * x * x
         for i, a in enumerate(accumulators):

@@ -227,7 +227,11 @@ class SM3(BaseOptimizer):
         """First pass: this step's ``nu`` and its max over each slice of each dimension (the new accumulators)."""
         nu = _nu(grad, buffers, hp)
         dims = range(1, nu.dim())
-        maxima = {f"max_{i}": nu.amax(dim=tuple(d for d in dims if d != i + 1), keepdim=True) for i in range(MAX_DIMS)}
+        kept = _covering(buffers)
+        maxima = {f"max_{i}": nu.amax(dim=tuple(d for d in dims if d != i + 1), keepdim=True) for i in kept}
+        # a dimension of size 1 has one slice, the whole tensor: its accumulator is the max of any other's
+        whole = maxima[f"max_{kept[0]}"].amax(dim=tuple(dims), keepdim=True)
+        maxima.update({f"max_{i}": whole for i in range(MAX_DIMS) if i not in kept})
         # the engine applies grad_transforms to the first phase's gradient only: pass the transformed one on
         return {**maxima, "grad": grad} if flags["transformed"] else maxima
 
@@ -256,11 +260,24 @@ class SM3(BaseOptimizer):
     phases = ("accumulate", "update_param")
 
 
+def _covering(buffers: dict[str, torch.Tensor]) -> list[int]:
+    """The dimensions of the view whose accumulators can bound an entry: those of more than one slice.
+
+    The accumulator of a dimension of size 1 (a padded one, say) covers the whole tensor: it is the max over every
+    slice of every other dimension, so it never wins the min and is only kept up to date (:meth:`SM3.accumulate`).
+    All sizes 1 (a 0-d or one-element parameter): the last accumulator. Sizes of 1 are constant for a compiled graph.
+    """
+    kept = [i for i, name in enumerate(ACCUMULATORS) if buffers[name].shape[i + 1] != 1]
+    return kept or [MAX_DIMS - 1]
+
+
 def _nu(grad: torch.Tensor, buffers: dict[str, torch.Tensor], hp: Hyperparameters) -> torch.Tensor:
-    """``keep * min_i a_i + (1 - beta) g^2``: the second-moment estimate of this step, entry by entry."""
-    bound = buffers[ACCUMULATORS[0]]
-    for name in ACCUMULATORS[1:]:
-        bound = torch.minimum(bound, buffers[name])
+    """``keep * min_i a_i + (1 - beta) g^2``: the second-moment estimate of this step, entry by entry (the min
+    over the accumulators of dimensions of more than one slice: the others are never smaller)."""
+    first, *others = _covering(buffers)
+    bound = buffers[ACCUMULATORS[first]]
+    for i in others:
+        bound = torch.minimum(bound, buffers[ACCUMULATORS[i]])
     return bound * hp["keep"] + grad * grad * hp["one_minus_beta"]
 
 
