@@ -138,6 +138,15 @@ def candidates() -> list[Candidate]:
                 "AdamAtan2-lucidrains", "AdamAtan2", "adam-atan2-pytorch", lambda p: PublicAdamAtan2(p, lr=1e-3), 7
             )
         )
+    try:
+        import pytorch_optimizer
+    except ImportError:
+        pass
+    else:  # SM3 and Amos as pytorch_optimizer writes them (its defaults; accesses: p, g read, p written)
+        found += [
+            Candidate("SM3-pytorch_optimizer", "SM3", "pytorch_optimizer", lambda p: pytorch_optimizer.SM3(p), 3),
+            Candidate("Amos-pytorch_optimizer", "Amos", "pytorch_optimizer", lambda p: pytorch_optimizer.Amos(p), 3),
+        ]
     found += adafactor_peers()
     found += smmf_peers()
     found += adam_family_peers()
