@@ -218,3 +218,48 @@ def test_optimizers_with_whole_tensor_statistics_refuse_sharded_dtensors(tmp_pat
         AdamAtan2([sharded])  # elementwise: accepted
     finally:
         dist.destroy_process_group()
+
+
+class ThreePhases(BaseOptimizer):
+    """A test optimizer in three phases: the last reads the gradient and what the first returned."""
+
+    phases = ("total", "square", "move")
+
+    def __init__(self, params: Any, lr: float = 1e-2, **options: Any) -> None:
+        super().__init__(params, {"lr": lr}, **options)
+
+    def group_hyperparameters(self, group: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
+        return {"lr": group["lr"]}, {}
+
+    @staticmethod
+    def total(param: torch.Tensor, grad: torch.Tensor, buffers: Any, hp: Hyperparameters, flags: Flags) -> Any:
+        return {"g_sum": sum_from(grad, PER_TENSOR)}
+
+    @staticmethod
+    def square(param: torch.Tensor, grad: torch.Tensor, buffers: Any, hp: Hyperparameters, flags: Flags) -> Any:
+        return {"g_square": sum_from(grad * grad, PER_TENSOR)}
+
+    @staticmethod
+    def move(param: torch.Tensor, grad: torch.Tensor, buffers: Any, hp: Hyperparameters, flags: Flags) -> None:
+        count = grad[0].numel()
+        param.sub_((grad - hp["g_sum"] / count) / (hp["g_square"] / count + 1e-3).sqrt() * hp["lr"])
+
+
+@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
+def test_later_phases_read_the_transformed_gradient_and_every_earlier_result(compile: bool) -> None:
+    """Gradient transforms run once, in the first phase; every later phase reads their result as ``grad``, and
+    each phase reads what all earlier phases returned (here the last one reads the first one's sum)."""
+    shapes = [(6, 5), (6, 5), (7,), (STACK_NUMEL // 32 + 1, 32)]
+    params = _params(shapes)
+    expected = [p.detach().double().clone() for p in params]
+    transforms = ("soft_clip", "centralize")
+    optimizer = ThreePhases(params, compile=compile, grad_transforms=transforms)
+    for step in range(1, 3):
+        for p, g in zip(params, _grads(params, step)):
+            p.grad = g
+        optimizer.step()
+        for ref, g in zip(expected, _grads(params, step)):
+            t = apply_gradient_transforms(g.double(), ref, transforms, {})
+            ref -= (t - t.mean()) / ((t * t).mean() + 1e-3).sqrt() * 1e-2
+    for p, ref in zip(params, expected):
+        torch.testing.assert_close(p.detach().double(), ref, rtol=1e-5, atol=1e-6)

@@ -44,6 +44,10 @@ _shared_runners: OrderedDict[Hashable, Union[Callable[..., Any], CompileFailure]
 _shared_lock = threading.Lock()
 
 
+TRANSFORMED_GRAD = "__transformed_grad__"
+"""Under which name the first phase carries the transformed gradient to the later phases of an update."""
+
+
 def run_stack(
     update: Callable[..., Any],
     param: torch.Tensor,
@@ -57,23 +61,30 @@ def run_stack(
     carried: Mapping[str, torch.Tensor],
     grad_transforms: Sequence[str],
     unit_start: int,
+    keep_grad: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """Apply one phase of an update to a stack; return what it returned (named tensors, or nothing).
+    """Apply one phase of an update to a stack; return what every phase so far returned (named tensors).
 
     ``group_values`` holds the group's hyper-parameters (``group_names``): Python floats on the eager path,
     a 1-D tensor on the compiled path. ``tensor_values`` is a ``(k, len(tensor_names))`` tensor of each
     tensor's own numbers (bias corrections), seen by the update as ``(k, 1, ..., 1)`` tensors (as many
-    dimensions as the stack). ``carried`` holds
-    what the previous phase returned (a norm per tensor, say), added to the hyper-parameters.
-    ``grad_transforms`` names gradient transforms applied, out of place, to the gradient before ``update``
-    reads it, with units starting at dimension ``unit_start``.
+    dimensions as the stack). ``carried`` holds what the earlier phases returned (a norm per tensor, say),
+    added to the hyper-parameters. ``grad_transforms`` names gradient transforms applied, out of place, to
+    the gradient before ``update`` reads it, with units starting at dimension ``unit_start``; with
+    ``keep_grad`` (the first of several phases) the transformed gradient is carried too, and the later
+    phases read it as their ``grad`` (:data:`TRANSFORMED_GRAD`).
     """
     hyperparameters = {name: group_values[i] for i, name in enumerate(group_names)}
     for j, name in enumerate(tensor_names):
         hyperparameters[name] = tensor_values[:, j].view(-1, *([1] * (param.dim() - 1)))  # type: ignore[index]
-    hyperparameters.update(carried)
+    earlier = dict(carried)
+    grad = earlier.pop(TRANSFORMED_GRAD, grad)
+    hyperparameters.update(earlier)
     grad = apply_gradient_transforms(grad, param, grad_transforms, hyperparameters, unit_start)
-    return update(param, grad, buffers, hyperparameters, flags) or {}
+    result = {**carried, **(update(param, grad, buffers, hyperparameters, flags) or {})}
+    if keep_grad:
+        result[TRANSFORMED_GRAD] = grad
+    return result
 
 
 def run_stacks(
@@ -89,13 +100,14 @@ def run_stacks(
     carried: Sequence[Mapping[str, torch.Tensor]],
     grad_transforms: Sequence[str],
     unit_start: int,
+    keep_grad: bool = False,
 ) -> list[dict[str, torch.Tensor]]:
     """:func:`run_stack` over a chunk of stacks (the lists hold one entry per stack); returns what each
     returned. Compiled, one call runs the whole chunk."""
     return [
         run_stack(
             update, params[i], grads[i], buffers[i], group_values, tensor_values[i], group_names, tensor_names,
-            flags, carried[i], grad_transforms, unit_start,
+            flags, carried[i], grad_transforms, unit_start, keep_grad,
         )
         for i in range(len(params))
     ]
@@ -137,11 +149,13 @@ def runner_key(
     kinds: Sequence[Hashable],
     device: torch.device,
     dtype: torch.dtype,
+    keep_grad: bool = False,
 ) -> tuple[Any, ...]:
     """The key under which :func:`shared_runner` keeps the compiled ``phase`` for a chunk of stacks: the
     phase function, the transforms, the flags, the names of the numbers it reads, the kind of each stack
     of the chunk (:attr:`~lightning_opt.engine.stacks.Stack.kind`: which sizes are 0 or 1, which dynamo
-    specialises), the device and the dtype. Two chunks with equal keys run the same graph."""
+    specialises), the device, the dtype and whether the phase carries its transformed gradient on. Two chunks
+    with equal keys run the same graph."""
     return (
         phase,
         tuple(grad_transforms),
@@ -152,6 +166,7 @@ def runner_key(
         tuple(kinds),
         device,
         dtype,
+        keep_grad,
     )
 
 
