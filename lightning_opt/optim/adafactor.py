@@ -274,32 +274,24 @@ class Adafactor(BaseOptimizer):
         col_mean = torch.linalg.vector_norm(grad, dim=-2, keepdim=True, dtype=dtype).square() / rows + hp["eps1"]
         _lerp_into(buffers["exp_avg_sq_row"], row_mean, hp["one_minus_beta2"])
         _lerp_into(buffers["exp_avg_sq_col"], col_mean, hp["one_minus_beta2"])
-        # The engine applies grad_transforms to the gradient of the first phase only: pass it on (itself,
-        # without transforms; with them, the transformed gradient, computed once).
         if not flags["scale_parameter"]:
-            return {"grad": grad}
-        return {"grad": grad, "param_rms": norm_from(param, PER_TENSOR) / math.sqrt(count_from(param, PER_TENSOR))}
+            return {}
+        return {"param_rms": norm_from(param, PER_TENSOR) / math.sqrt(count_from(param, PER_TENSOR))}
 
     @staticmethod
     def update_rms(
         param: torch.Tensor, grad: torch.Tensor, buffers: dict[str, torch.Tensor], hp: Hyperparameters, flags: Flags
     ) -> dict[str, torch.Tensor]:
-        """Second pass: the mean square of the preconditioned gradient ``u``, for the update clipping (and the
-        parameter's RMS, passed on)."""
-        grad = hp["grad"]
+        """Second pass: the mean square of the preconditioned gradient ``u``, for the update clipping."""
         g = grad.to(accumulation_dtype(grad))
         inverse = inverse_second_moment(buffers["exp_avg_sq_row"], buffers["exp_avg_sq_col"])
-        carried = {"grad": grad, "update_ms": sum_from(g * g * inverse, PER_TENSOR) / count_from(grad, PER_TENSOR)}
-        if flags["scale_parameter"]:
-            carried["param_rms"] = hp["param_rms"]
-        return carried
+        return {"update_ms": sum_from(g * g * inverse, PER_TENSOR) / count_from(grad, PER_TENSOR)}
 
     @staticmethod
     def update_param(
         param: torch.Tensor, grad: torch.Tensor, buffers: dict[str, torch.Tensor], hp: Hyperparameters, flags: Flags
     ) -> None:
         """Third pass: the clipped, scaled update (through the first moment if kept) and the weight decay."""
-        grad = hp["grad"]
         dtype = accumulation_dtype(grad)
         inverse = inverse_second_moment(buffers["exp_avg_sq_row"], buffers["exp_avg_sq_col"])
         step_size = hp["rho"] * torch.clamp(hp["param_rms"], min=hp["eps2"]) if flags["scale_parameter"] else hp["rho"]

@@ -230,7 +230,6 @@ class Amos(BaseOptimizer):
         flags = {
             "momentum": momentum > 0.0,
             "decay": group["weight_decay"] != 0.0,
-            "transformed": bool(group["grad_transforms"]),
         }
         return numbers, flags
 
@@ -243,16 +242,13 @@ class Amos(BaseOptimizer):
     ) -> dict[str, torch.Tensor]:
         """First pass: ``mean(g^2)`` of each tensor."""
         g2 = sum_from(grad * grad, PER_TENSOR) / count_from(grad, PER_TENSOR)
-        # the engine applies grad_transforms to the first phase's gradient only: pass the transformed one on
-        return {"g2": g2, "grad": grad} if flags["transformed"] else {"g2": g2}
+        return {"g2": g2}
 
     @staticmethod
     def update_param(
         param: torch.Tensor, grad: torch.Tensor, buffers: dict[str, torch.Tensor], hp: Hyperparameters, flags: Flags
     ) -> None:
         """Second pass: the per-tensor numbers, then the step."""
-        if flags["transformed"]:
-            grad = hp["grad"]
         v, b, eta = buffers["exp_avg_sq"], buffers["decay"], buffers["target_scale"]
         g2 = hp["g2"].to(v.dtype)
         v.lerp_(g2, hp["one_minus_beta"])

@@ -216,7 +216,6 @@ class SM3(BaseOptimizer):
             "ema": beta > 0.0,
             "momentum": momentum > 0.0,
             "decay": group["weight_decay"] != 0.0,
-            "transformed": bool(group["grad_transforms"]),
         }
         return numbers, flags
 
@@ -232,16 +231,13 @@ class SM3(BaseOptimizer):
         # a dimension of size 1 has one slice, the whole tensor: its accumulator is the max of any other's
         whole = maxima[f"max_{kept[0]}"].amax(dim=tuple(dims), keepdim=True)
         maxima.update({f"max_{i}": whole for i in range(MAX_DIMS) if i not in kept})
-        # the engine applies grad_transforms to the first phase's gradient only: pass the transformed one on
-        return {**maxima, "grad": grad} if flags["transformed"] else maxima
+        return maxima
 
     @staticmethod
     def update_param(
         param: torch.Tensor, grad: torch.Tensor, buffers: dict[str, torch.Tensor], hp: Hyperparameters, flags: Flags
     ) -> None:
         """Second pass: ``nu`` again (from the old accumulators), the step, then the new accumulators."""
-        if flags["transformed"]:
-            grad = hp["grad"]
         direction = grad * torch.rsqrt(_nu(grad, buffers, hp) + hp["eps"])
         if flags["momentum"]:
             momentum_buffer = buffers["momentum_buffer"]
