@@ -411,6 +411,25 @@ class BaseOptimizer(torch.optim.Optimizer):
     """Attributes that pickling carries and :meth:`load_state_dict` keeps, with their defaults for a
     pickle made before they existed."""
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state dict (a Lightning ``ckpt_path`` resume); see ``torch.optim.Optimizer.load_state_dict``.
+
+        torch casts every loaded state tensor but ``step`` to its parameter's floating dtype; state that is
+        not floating (packed sign bits, counts) is given its saved dtype back, so a resume is bit-identical.
+        """
+        saved_ids = [index for group in state_dict["param_groups"] for index in group["params"]]
+        kept = {
+            (position, name): value.dtype
+            for position, index in enumerate(saved_ids)
+            for name, value in state_dict["state"].get(index, {}).items()
+            if isinstance(value, torch.Tensor) and name != "step" and not value.is_floating_point()
+        }
+        super().load_state_dict(state_dict)
+        params = [param for group in self.param_groups for param in group["params"]]
+        for (position, name), dtype in kept.items():
+            state = self.state[params[position]]
+            state[name] = state[name].to(dtype)
+
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
         for name in self._OPTIONS:

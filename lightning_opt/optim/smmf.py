@@ -227,18 +227,6 @@ class SMMF(BaseOptimizer):
         super().init_state(param, state)
         state["exp_avg_sign"] = torch.zeros_like(state["exp_avg_sign"], dtype=torch.uint8)
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a state dict (a Lightning ``ckpt_path`` resume); see ``torch.optim.Optimizer.load_state_dict``.
-
-        torch casts every loaded state tensor but ``step`` to the parameter's floating dtype; the sign bytes
-        (0 to 255, exact in float32 and bfloat16) are cast back to ``uint8``, so a resume is bit-identical.
-        """
-        super().load_state_dict(state_dict)
-        for state in self.state.values():
-            sign = state.get("exp_avg_sign")
-            if sign is not None and sign.dtype != torch.uint8:
-                state["exp_avg_sign"] = sign.to(torch.uint8)
-
     def group_hyperparameters(self, group: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
         lr, weight_decay = group["lr"], group["weight_decay"]
         numbers = {"neg_lr": -lr, "eps": group["eps"], "decay_factor": 1.0 - lr * weight_decay}
