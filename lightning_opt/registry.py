@@ -14,9 +14,9 @@ import torch
 
 from lightning_opt.optim import NSGDA, AdaLo, Adafactor, AdamAtan2
 from lightning_opt.optim.adam_family import PNM, AdaMomentum, AdaNorm, AdaPNM, DiffGrad, SAdam
-from lightning_opt.optim.smmf import SMMF
 from lightning_opt.optim.amos import Amos
 from lightning_opt.optim.sm3 import SM3
+from lightning_opt.optim.smmf import SMMF
 
 
 @dataclass(frozen=True)
