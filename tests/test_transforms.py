@@ -86,7 +86,33 @@ CASES = {
         transforms.decoupled_weight_decay_, lambda p, factor: p * factor, (1 - 1e-3 * 0.1,), 0, _normal(1)
     ),
     "l2_regularised": Case(transforms.l2_regularised, lambda g, p, wd: g + wd * p, (0.01,), None, _normal(2)),
+    "eps_direction": Case(
+        transforms.eps_direction,
+        lambda m, v, s, eps: m / (s * torch.sqrt(v) + eps),
+        (1.3, 1e-3),
+        None,
+        _numerator_and_second_moment,
+    ),
+    "softplus_direction": Case(
+        transforms.softplus_direction,
+        lambda m, v, s, eps, beta: m / (torch.log1p(torch.exp(beta * (s * torch.sqrt(v) + eps))) / beta),
+        (1.3, 1e-3, 5.0),
+        None,
+        _numerator_and_second_moment,
+    ),
+    "nesterov_numerator": Case(
+        transforms.nesterov_numerator, lambda m, g, ms, gs: ms * m + gs * g, (0.95, 0.12), None, _normal(2)
+    ),
+    "momentum_second_moment_": Case(
+        transforms.momentum_second_moment_,
+        lambda v, m, beta2, eps: beta2 * v + (1 - beta2) * m * m + eps,
+        (0.99, 1e-3),
+        0,
+        _normal(2),
+    ),
 }
+DEDICATED = {"adaptive_direction", "friction_", "gradient_norm_correction_", "positive_negative_momentum_"}
+"""Public transforms with tests of their own below (several outputs, or arguments that are not numbers)."""
 # The gradient transforms (soft clip, GC, AGC) have their own module of tests: test_gradient_transforms.py.
 PUBLIC_FUNCTIONS = sorted(
     name
@@ -98,7 +124,7 @@ PUBLIC_FUNCTIONS = sorted(
 
 
 def test_every_public_transform_is_tested():
-    tested = {case.function.__name__ for case in CASES.values()}
+    tested = {case.function.__name__ for case in CASES.values()} | DEDICATED
     assert set(PUBLIC_FUNCTIONS) <= tested, f"add a Case for {sorted(set(PUBLIC_FUNCTIONS) - tested)}"
 
 
@@ -208,3 +234,57 @@ def test_ema_examples():
     assert torch.allclose(transforms.ema_sq_(torch.ones(2), torch.tensor([3.0, -3.0]), 0.5), torch.tensor([5.0, 5.0]))
     # beta = 0 keeps only the new value; beta -> 1 keeps the old one
     assert torch.equal(transforms.ema_(torch.full((2,), 7.0), torch.tensor([1.0, 2.0]), 0.0), torch.tensor([1.0, 2.0]))
+
+
+# ------------------------------------------------------------------------- the Adam family's multi-output pieces
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_friction_returns_sigmoid_of_the_gradient_change_and_keeps_the_new_gradient(shape):
+    generator = torch.Generator().manual_seed(zlib.crc32(repr(shape).encode()))
+    previous, grad = (torch.randn(shape, generator=generator, dtype=F64) for _ in range(2))
+    expected = torch.sigmoid((previous - grad).abs())
+    kept = previous.clone()
+    out = transforms.friction_(kept, grad)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-14)
+    assert torch.equal(kept, grad) and out is not kept
+
+
+def test_gradient_norm_correction_per_tensor_of_a_stack():
+    """Three tensors of a stack: one whose running norm exceeds its gradient's (scaled up), one below (1), one
+    with a zero gradient (1); the running norms advance as beta e + (1 - beta) ||g||."""
+    grad = torch.stack([torch.full((2, 3), 0.5), torch.full((2, 3), 4.0), torch.zeros(2, 3)]).double()
+    running = torch.tensor([10.0, 1.0, 3.0], dtype=F64).view(3, 1, 1)
+    norms = grad.flatten(1).norm(dim=1).view(3, 1, 1)
+    expected_running = 0.9 * running + 0.1 * norms
+    expected = torch.where((norms > 0) & (expected_running > norms), expected_running / norms.clamp_min(1e-300), 1.0)
+    out = transforms.gradient_norm_correction_(running, grad, 0.9, 1)
+    torch.testing.assert_close(running, expected_running, rtol=1e-12, atol=0)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=0)
+    assert out[0].item() > 1.0 and out[1].item() == 1.0 and out[2].item() == 1.0
+
+
+@pytest.mark.parametrize("odd", [1.0, 0.0], ids=["odd-step", "even-step"])
+def test_positive_negative_momentum_updates_the_momentum_of_the_steps_parity(odd):
+    generator = torch.Generator().manual_seed(7)
+    exp_avg, neg_exp_avg, grad = (torch.randn(4, 5, generator=generator, dtype=F64) for _ in range(3))
+    weight, pos, neg = 0.19, 1.6, 0.7
+    plus, minus = (exp_avg, neg_exp_avg) if odd else (neg_exp_avg, exp_avg)
+    new_plus = plus + weight * (grad - plus)
+    expected = pos * new_plus - neg * minus
+    out = transforms.positive_negative_momentum_(
+        exp_avg, neg_exp_avg, grad, weight, torch.tensor(odd, dtype=F64), pos, neg
+    )
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(exp_avg if odd else neg_exp_avg, new_plus, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("denominator", ["eps", "atan2", "softplus"])
+def test_adaptive_direction_is_the_named_denominator(denominator):
+    generator = torch.Generator().manual_seed(11)
+    numerator, second_moment = _numerator_and_second_moment(generator, (6, 4))
+    out = transforms.adaptive_direction(denominator, numerator, second_moment, 1.3, 1e-3, 5.0)
+    expected = {
+        "eps": transforms.eps_direction(numerator, second_moment, 1.3, 1e-3),
+        "atan2": 1.27 * torch.atan2(numerator, 1.3 * second_moment.sqrt()),
+        "softplus": transforms.softplus_direction(numerator, second_moment, 1.3, 1e-3, 5.0),
+    }[denominator]
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-14)

@@ -26,3 +26,17 @@ def add_scaled(x: torch.Tensor, y: torch.Tensor, scale: Scalar) -> torch.Tensor:
     if isinstance(scale, torch.Tensor):
         return torch.addcmul(x, y, scale).to(x.dtype)
     return torch.add(x, y, alpha=scale)
+
+
+def scaled(x: torch.Tensor, scale: Scalar) -> torch.Tensor:
+    """Out of place ``scale * x``; a number or a 0-d tensor ``scale`` keeps the dtype of ``x`` (also when ``x`` is
+    0-d, where torch alone would promote a bfloat16 ``x`` to the scale's float32), a tensor of per-tensor
+    numbers promotes as torch does.
+
+    Example:
+        >>> scaled(torch.tensor(2.0, dtype=torch.bfloat16), torch.tensor(0.5)).dtype
+        torch.bfloat16
+    """
+    if isinstance(scale, torch.Tensor) and scale.dim() == 0:
+        return (x * scale).to(x.dtype)
+    return x * scale

@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from lightning_opt.transforms.arith import Scalar, add_scaled
+from lightning_opt.transforms.arith import Scalar, add_scaled, scaled
 
 
 def nesterov_coefficients(beta1: float, steps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -32,7 +32,7 @@ def nesterov_coefficients(beta1: float, steps: torch.Tensor) -> tuple[torch.Tens
 
 def nesterov_numerator(exp_avg: torch.Tensor, grad: torch.Tensor, m_scale: Scalar, g_scale: Scalar) -> torch.Tensor:
     """Return ``m_scale * exp_avg + g_scale * grad`` (see :func:`nesterov_coefficients`) as a new tensor."""
-    return add_scaled(exp_avg * m_scale, grad, g_scale)
+    return add_scaled(scaled(exp_avg, m_scale), grad, g_scale)
 
 
 def pnm_noise_norm(beta0: float) -> float:
