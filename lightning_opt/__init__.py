@@ -26,12 +26,19 @@ from lightning_opt.optim.smmf import SMMF
 from lightning_opt.registry import REGISTRY, OptimizerSpec, get_spec
 
 if TYPE_CHECKING:
-    from lightning_opt.callbacks import AdaptiveGradientClipping, GradientCentralization, LossFeeder, SoftClip
+    from lightning_opt.callbacks import (
+        AdaptiveGradientClipping,
+        ExactAccumulation,
+        GradientCentralization,
+        LossFeeder,
+        SoftClip,
+    )
 
 __version__ = "0.1.0"
 
 _LAZY = {
     "AdaptiveGradientClipping": "lightning_opt.callbacks",
+    "ExactAccumulation": "lightning_opt.callbacks",
     "GradientCentralization": "lightning_opt.callbacks",
     "LossFeeder": "lightning_opt.callbacks",
     "SoftClip": "lightning_opt.callbacks",
@@ -55,6 +62,7 @@ __all__ = [
     "PNM",
     "SAdam",
     "AdaptiveGradientClipping",
+    "ExactAccumulation",
     "GradientCentralization",
     "LossFeeder",
     "OptimizerSpec",

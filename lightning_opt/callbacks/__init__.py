@@ -1,5 +1,6 @@
 """Lightning callbacks that feed optimizers and act on gradients."""
 
+from lightning_opt.callbacks.exact_accumulation import ExactAccumulation
 from lightning_opt.callbacks.gradient_hooks import (
     AdaptiveGradientClipping,
     GradientCentralization,
@@ -12,6 +13,7 @@ from lightning_opt.callbacks.tail_monitor import GradientTailMonitor
 
 __all__ = [
     "AdaptiveGradientClipping",
+    "ExactAccumulation",
     "GradientCentralization",
     "GradientTailMonitor",
     "GradientTransformCallback",

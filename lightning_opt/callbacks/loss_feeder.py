@@ -10,6 +10,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
+from lightning_opt.callbacks.exact_accumulation import ExactAccumulation, accumulation_dtype
 from lightning_opt.validation import check_bool
 
 
@@ -26,7 +27,11 @@ class LossFeeder(Callback):
     Before each optimizer step it gives the optimizer the mean training loss of the micro-batches whose
     gradients the step applies: it undoes Lightning's ``1 / accumulate_grad_batches`` and any GradScaler
     scaling, averages over the accumulation window, and averages across data-parallel ranks so that
-    every replica takes the identical step. This works where the closure cannot help: under a GradScaler
+    every replica takes the identical step. With :class:`~lightning_opt.ExactAccumulation` in the same
+    Trainer, both averages weight each micro-batch by its count of items (samples, unmasked tokens), as
+    that callback weights the gradients: the loss fed is then the mean over every item of the window, the
+    big batch's mean loss. Without it, every micro-batch on every rank weighs the same, as in Lightning's
+    own accumulation. This works where the closure cannot help: under a GradScaler
     Lightning calls ``step`` without a closure, and under gradient accumulation the closure returns only
     the last micro-batch's loss divided by the window size.
 
@@ -56,12 +61,14 @@ class LossFeeder(Callback):
         super().__init__()
         self.log_step_size = check_bool("log_step_size", log_step_size)
         self._window_sum: torch.Tensor | None = None
-        self._window_count = 0
+        self._window_weight: torch.Tensor | None = None
+        self._counter: ExactAccumulation | None = None
         self.last_fed_loss: float | None = None
         """The loss given to the optimizers at the most recent step (for logging and inspection)."""
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._counter = next((c for c in trainer.callbacks if isinstance(c, ExactAccumulation)), None)
         if stage == "fit" and not pl_module.automatic_optimization:
             rank_zero_warn(
                 "LossFeeder does nothing under manual optimization: give the optimizer the loss yourself, "
@@ -78,23 +85,33 @@ class LossFeeder(Callback):
             return
         # Lightning divided the training_step loss by accumulate_grad_batches and, under a GradScaler,
         # multiplied it by the current scale: undo both to get the micro-batch's own mean loss.
-        micro_batch_loss = loss.detach().to(_accumulation_dtype(loss.device)) * trainer.accumulate_grad_batches
+        dtype = accumulation_dtype(loss.device)
+        micro_batch_loss = loss.detach().to(dtype) * trainer.accumulate_grad_batches
         scaler = getattr(trainer.precision_plugin, "scaler", None)
         if scaler is not None and scaler.is_enabled():
             micro_batch_loss = micro_batch_loss / scaler.get_scale()
-        self._window_sum = micro_batch_loss if self._window_sum is None else self._window_sum + micro_batch_loss
-        self._window_count += 1
+        # The micro-batch's weight: its count of items under ExactAccumulation, else 1.
+        count = None if self._counter is None else self._counter.micro_batch_count
+        weight = torch.ones((), dtype=dtype, device=loss.device) if count is None else _as_weight(count, loss)
+        weighted = micro_batch_loss * weight
+        if self._window_sum is None or self._window_weight is None:
+            self._window_sum, self._window_weight = weighted, weight
+        else:
+            self._window_sum, self._window_weight = self._window_sum + weighted, self._window_weight + weight
 
     @override
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        if self._window_sum is None:
+        if self._window_sum is None or self._window_weight is None:
             return
-        window_mean = self._window_sum / self._window_count
-        window_mean = trainer.strategy.reduce(window_mean, reduce_op="mean")
+        # One all-reduce of (weighted loss sum, weight sum): the mean over every rank's micro-batches.
+        totals = trainer.strategy.reduce(torch.stack([self._window_sum, self._window_weight]), reduce_op="sum")
         self._reset()
-        loss = float(window_mean)
+        loss_sum, weight_sum = (float(total) for total in totals)
+        if weight_sum <= 0:  # no item in the whole window (ExactAccumulation zeroed its gradients): no loss
+            return
+        loss = loss_sum / weight_sum
         self.last_fed_loss = loss
         target = _unwrap(optimizer)
         if isinstance(target, LossDriven):
@@ -119,7 +136,7 @@ class LossFeeder(Callback):
 
     def _reset(self) -> None:
         self._window_sum = None
-        self._window_count = 0
+        self._window_weight = None
 
 
 def _unwrap(optimizer: Any) -> Any:
@@ -131,6 +148,9 @@ def _unwrap(optimizer: Any) -> Any:
     return getattr(optimizer, "_optimizer", optimizer)
 
 
-def _accumulation_dtype(device: torch.device) -> torch.dtype:
-    """float64 to sum the window's losses exactly, except on MPS, which has no float64."""
-    return torch.float32 if device.type == "mps" else torch.float64
+def _as_weight(count: float | torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
+    """A micro-batch's count as a 0-d tensor of the window sums' dtype, on the loss's device."""
+    dtype = accumulation_dtype(loss.device)
+    if isinstance(count, torch.Tensor):
+        return count.detach().to(device=loss.device, dtype=dtype).reshape(())
+    return torch.tensor(float(count), dtype=dtype, device=loss.device)
