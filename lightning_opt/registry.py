@@ -15,6 +15,7 @@ import torch
 from lightning_opt.optim import NSGDA, AdaLo, Adafactor, AdamAtan2
 from lightning_opt.optim.adam_family import PNM, AdaMomentum, AdaNorm, AdaPNM, DiffGrad, SAdam
 from lightning_opt.optim.amos import Amos
+from lightning_opt.optim.muon import Muon
 from lightning_opt.optim.sm3 import SM3
 from lightning_opt.optim.smmf import SMMF
 
@@ -371,6 +372,42 @@ REGISTRY: dict[str, OptimizerSpec] = {
             memory_accesses=11,
             paper="arXiv:2103.17182",
             tags=("adam-family", "cautious"),
+        ),
+        OptimizerSpec(
+            name="Muon",
+            cls=Muon,
+            summary="Newton-Schulz-orthogonalised momentum for hidden matrices (update RMS matched to AdamW's), "
+            "AdamW for the other tensors",
+            test_kwargs=(  # Newton-Schulz in float64 here, so that the float64 reference's tolerance applies
+                {"ns_dtype": "float64", "lr": 1e-2},  # lr 1e-2: the bfloat16 test needs motion of many ulps
+                {"ns_dtype": "float64", "adjust_lr_fn": "original", "nesterov": False, "lr": 1e-2, "momentum": 0.9,
+                 "weight_decay": 0.0},
+                {"ns_dtype": "float64", "ns_steps": 3, "ns_coefficients": (2.0, -1.5, 0.5), "adamw_betas": (0.8, 0.99),
+                 "adamw_eps": 1e-3, "lr": 1e-2, "grad_transforms": ("centralize", "soft_clip")},
+            ),
+            invalid_kwargs=_COMMON_INVALID
+            + (
+                ({"momentum": 1.0}, "momentum"),
+                ({"nesterov": "yes"}, "nesterov"),
+                ({"ns_coefficients": (3.4, -4.7)}, "ns_coefficients"),
+                ({"ns_coefficients": (3.4, float("nan"), 2.0)}, "ns_coefficients"),
+                ({"ns_coefficients": "quintic"}, "ns_coefficients"),
+                ({"ns_steps": 0}, "ns_steps"),
+                ({"ns_steps": 100}, "ns_steps"),
+                ({"ns_steps": 2.5}, "ns_steps"),
+                ({"eps": 0.0}, "eps"),
+                ({"adjust_lr_fn": None}, "adjust_lr_fn"),  # torch's None means "original": say which
+                ({"ns_dtype": "float16"}, "ns_dtype"),
+                ({"adamw_betas": (1.5, 0.95)}, "adamw_beta1"),
+                ({"adamw_betas": 0.9}, "adamw_betas"),
+                ({"adamw_eps": 0.0}, "adamw_eps"),
+                ({"lr": 1e8}, "lr"),  # beyond 2**24
+                ({"lr": 1.0, "weight_decay": 2.0}, "weight_decay"),  # decay factor 1 - lr * weight_decay < 0
+            ),
+            state_buffers=2,  # AdamW's tensors; a matrix that takes Muon keeps one (its exp_avg_sq is empty)
+            memory_accesses=5,  # a matrix: read p, g, m; write m, p (plus the Newton-Schulz matrix products)
+            paper="arXiv:2502.16982",
+            tags=("orthogonalised", "matrix"),
         ),
     )
 }

@@ -853,3 +853,116 @@ class AmosReference(Reference):
 
 
 REFERENCES[AmosReference.name] = AmosReference
+
+
+# ---------------------------------------------------------------------------------------------- Muon
+def newton_schulz_reference(u: torch.Tensor, coefficients, steps: int, eps: float, mutation=None) -> torch.Tensor:
+    """Keller Jordan's quintic iteration X <- a X + b (X X^T) X + c (X X^T)^2 X from X0 = U / max(||U||_F, eps),
+    derived through the SVD: every term is P diag(.) Q^T for X0 = P diag(s) Q^T, so the iteration maps each
+    singular value by phi(s) = a s + b s^3 + c s^5 and keeps the singular vectors."""
+    if mutation == "no_normalisation":
+        x = u
+    else:
+        x = u / max(float(torch.linalg.matrix_norm(u)), eps)
+    if not bool(x.isfinite().all()):  # (X X^T)^2 mixes every element into every other: the whole matrix is NaN
+        return torch.full_like(x, float("nan"))
+    p, s, qh = torch.linalg.svd(x, full_matrices=False)
+    a, b, c = coefficients
+    for _ in range(steps):
+        s = a * s + b * s**3 + c * s**5
+    return p @ torch.diag(s) @ qh
+
+
+class MuonReference(Reference):
+    r"""Muon (Keller Jordan 2024; arXiv:2502.16982) for matrices, AdamW for the rest, per tensor at step t.
+
+    Route: a tensor of two or more dimensions takes Muon unless its group says ``use_muon=False``.
+    Muon, with U the tensor as a (shape[0], rest) matrix:  m = mu m + (1-mu) g;  u = (1-mu) g + mu m if nesterov
+    else m;  O = newton_schulz_reference(u);  s = 0.2 sqrt(max(rows, cols)) ("match_rms_adamw") or
+    sqrt(max(1, rows / cols)) ("original");  p = p (1 - lr wd) - lr s O.
+    AdamW:  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;  p = p (1 - lr wd) - lr (m / (1-b1^t)) / (sqrt(v / (1-b2^t))
+    + eps).  The Newton-Schulz dtype is ignored: everything is float64.
+    """
+
+    name = "Muon"
+    defaults = {
+        "lr": 1e-3,
+        "weight_decay": 0.1,
+        "momentum": 0.95,
+        "nesterov": True,
+        "ns_coefficients": (3.4445, -4.7750, 2.0315),
+        "eps": 1e-7,
+        "ns_steps": 5,
+        "adjust_lr_fn": "match_rms_adamw",
+        "ns_dtype": "bfloat16",
+        "adamw_betas": (0.9, 0.95),
+        "adamw_eps": 1e-8,
+    }
+    mutations = (
+        "no_nesterov",  # the momentum itself orthogonalised
+        "keller_scale",  # sqrt(max(1, rows / cols)) whatever adjust_lr_fn says
+        "min_dim_scale",  # 0.2 sqrt(min(rows, cols))
+        "conv_last_two_dims",  # a 4-D weight orthogonalised as a batch of (kh, kw) matrices
+        "no_normalisation",  # Newton-Schulz on the momentum not divided by its norm
+        "adamw_no_bias_correction",  # m / (sqrt(v) + eps) in the AdamW part
+        "decay_after_update",  # p = (p - lr s O)(1 - lr wd)
+    )
+
+    def __init__(self, param_groups: Sequence[Any], **kwargs: Any) -> None:
+        groups = list(param_groups)
+        if groups and isinstance(groups[0], dict):
+            self.use_muon = [group.get("use_muon") for group in groups]
+            groups = [{k: v for k, v in group.items() if k != "use_muon"} for group in groups]
+        else:
+            self.use_muon = [None]
+        super().__init__(groups, **kwargs)
+
+    def takes_muon(self, p: torch.Tensor, group: dict[str, Any]) -> bool:
+        gi = next(i for i, g in enumerate(self.groups) if g is group)
+        return p.dim() >= 2 and self.use_muon[gi] is not False
+
+    def init_state(self, p):
+        group = next(g for g in self.groups if any(q is p for q in g["params"]))
+        second = torch.zeros(0, dtype=F64) if self.takes_muon(p, group) else torch.zeros_like(p)
+        return {"exp_avg": torch.zeros_like(p), "exp_avg_sq": second}
+
+    def update(self, p, g, state, group, group_state):
+        if p.numel() == 0:
+            return p
+        lr, wd = group["lr"], group["weight_decay"]
+        if self.takes_muon(p, group):
+            mu = group["momentum"]
+            m = state["exp_avg"] = mu * state["exp_avg"] + (1.0 - mu) * g
+            u = (1.0 - mu) * g + mu * m if group["nesterov"] and self.mutation != "no_nesterov" else m
+            if self.mutation == "conv_last_two_dims" and p.dim() == 4:
+                mats = u.reshape(-1, *u.shape[-2:])
+                o = torch.stack([
+                    newton_schulz_reference(x, group["ns_coefficients"], group["ns_steps"], group["eps"]) for x in mats
+                ]).reshape(p.shape)
+                rows, cols = p.shape[-2], p.shape[-1]
+            else:
+                matrix = u.reshape(p.shape[0], -1)
+                rows, cols = matrix.shape
+                o = newton_schulz_reference(
+                    matrix, group["ns_coefficients"], group["ns_steps"], group["eps"], self.mutation
+                ).reshape(p.shape)
+            if self.mutation == "min_dim_scale":
+                scale = 0.2 * math.sqrt(min(rows, cols))
+            elif group["adjust_lr_fn"] == "original" or self.mutation == "keller_scale":
+                scale = math.sqrt(max(1.0, rows / cols))
+            else:
+                scale = 0.2 * math.sqrt(max(rows, cols))
+            step = lr * scale * o
+        else:
+            beta1, beta2 = group["adamw_betas"]
+            t = state["step"]
+            m = state["exp_avg"] = beta1 * state["exp_avg"] + (1.0 - beta1) * g
+            v = state["exp_avg_sq"] = beta2 * state["exp_avg_sq"] + (1.0 - beta2) * g * g
+            bc1, bc2 = (1.0, 1.0) if self.mutation == "adamw_no_bias_correction" else (1.0 - beta1**t, 1.0 - beta2**t)
+            step = lr * (m / bc1) / (torch.sqrt(v / bc2) + group["adamw_eps"])
+        if self.mutation == "decay_after_update":
+            return (p - step) * (1.0 - lr * wd)
+        return p * (1.0 - lr * wd) - step
+
+
+REFERENCES[MuonReference.name] = MuonReference

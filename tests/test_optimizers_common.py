@@ -700,6 +700,7 @@ NONFINITE_SCOPE.update(
 )
 NONFINITE_SCOPE["SMMF"] = "reference"  # the factors' sums carry it to its row and column, then further
 NONFINITE_SCOPE["Adafactor"] = "tensor"  # factored rows and columns, and the update's RMS over the tensor
+NONFINITE_SCOPE["Muon"] = "tensor"  # a matrix is divided by its norm before Newton-Schulz (the bad tensors are matrices)
 
 
 @pytest.mark.parametrize(("name", "kwargs"), CASES)
