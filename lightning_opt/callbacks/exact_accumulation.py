@@ -63,8 +63,8 @@ class ExactAccumulation(Callback):
     happens before ``on_before_optimizer_step``, so every gradient callback, the Trainer's gradient
     clipping and the optimizer see the exact gradient; under a GradScaler the gradients are still scaled at
     that point, which the multiplication does not disturb. The logged training loss stays Lightning's.
-    :class:`~lightning_opt.LossFeeder` in the same Trainer weights the losses it averages by the same
-    counts, so that it feeds the window's true mean loss.
+    :class:`~lightning_opt.callbacks.LossFeeder` in the same Trainer weights the losses it averages by the
+    same counts, so that it feeds the window's true mean loss.
 
     Supported: automatic optimization on one device or under DDP (``ddp``, ``ddp_spawn``, ``ddp_fork``),
     any precision; under manual optimization it warns and does nothing. Strategies that accumulate

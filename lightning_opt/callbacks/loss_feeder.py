@@ -27,13 +27,14 @@ class LossFeeder(Callback):
     Before each optimizer step it gives the optimizer the mean training loss of the micro-batches whose
     gradients the step applies: it undoes Lightning's ``1 / accumulate_grad_batches`` and any GradScaler
     scaling, averages over the accumulation window, and averages across data-parallel ranks so that
-    every replica takes the identical step. With :class:`~lightning_opt.ExactAccumulation` in the same
-    Trainer, both averages weight each micro-batch by its count of items (samples, unmasked tokens), as
-    that callback weights the gradients: the loss fed is then the mean over every item of the window, the
-    big batch's mean loss. Without it, every micro-batch on every rank weighs the same, as in Lightning's
-    own accumulation. This works where the closure cannot help: under a GradScaler
+    every replica takes the identical step. This works where the closure cannot help: under a GradScaler
     Lightning calls ``step`` without a closure, and under gradient accumulation the closure returns only
     the last micro-batch's loss divided by the window size.
+
+    With :class:`~lightning_opt.callbacks.ExactAccumulation` in the same Trainer, both averages weight each
+    micro-batch by its count of items (samples, unmasked tokens), as that callback weights the gradients:
+    the loss fed is then the mean over every item of the window on every rank, the big batch's mean loss.
+    Without it every micro-batch on every rank weighs the same, as in Lightning's own accumulation.
 
     Optimizers without a ``set_loss`` method are left alone, so the callback is harmless with any
     optimizer.
