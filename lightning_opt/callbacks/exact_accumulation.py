@@ -68,15 +68,17 @@ class ExactAccumulation(Callback):
 
     Supported: automatic optimization on one device or under DDP (``ddp``, ``ddp_spawn``, ``ddp_fork``),
     any precision; under manual optimization it warns and does nothing. Strategies that accumulate
-    gradients themselves (DeepSpeed) are refused. Optimizers that call the closure more than once per
-    step (LBFGS) are exact only with ``accumulate_grad_batches=1``.
+    gradients themselves (DeepSpeed) are refused. An optimizer that calls the closure more than once per
+    step (LBFGS) re-runs the window's last micro-batch onto the accumulated gradient, under Lightning's
+    accumulation as under this one: use it with ``accumulate_grad_batches=1``.
 
     Args:
         count_fn: gives the number of counted items of a (micro-)batch, as the training step receives it
             (after the transfer to the device): a number or a one-element tensor, finite and ``>= 0``.
             ``None`` (the default) counts samples with Lightning's ``extract_batch_size`` (the length of the
             batch's first tensor). From a LightningCLI, give a function's import path
-            (``--trainer.callbacks.count_fn=mypackage.data.count_tokens``).
+            (``--trainer.callbacks.count_fn=mypackage.data.count_tokens``); under ``ddp_spawn`` it must be
+            picklable (a module-level function, not a lambda).
 
     Example:
         >>> import torch
