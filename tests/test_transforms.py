@@ -55,7 +55,18 @@ def _cautious_mask_formula(update, grad):
     return update * mask * (update.numel() / (mask.sum() + 1.0))
 
 
+def _norm_loss_formula(param, lr_times_factor):
+    """Norm Loss's decoupled step: each row (the whole of a 0-d or 1-D tensor) scaled by
+    1 - 2 lr f (1 - 1 / (||row|| + 1e-8))."""
+    if param.dim() >= 2:
+        norms = param.reshape(param.shape[0], -1).pow(2).sum(dim=1).sqrt().view(-1, *[1] * (param.dim() - 1))
+    else:
+        norms = param.pow(2).sum().sqrt()
+    return param * (1 - 2 * lr_times_factor * (1 - 1 / (norms + 1e-8)))
+
+
 CASES = {
+    "norm_loss_": Case(transforms.norm_loss_, _norm_loss_formula, (0.05,), 0, _normal(1)),
     "ema_": Case(transforms.ema_, lambda m, g, beta: beta * m + (1 - beta) * g, (0.9,), 0, _normal(2)),
     "ema_sq_": Case(transforms.ema_sq_, lambda v, g, beta: beta * v + (1 - beta) * g * g, (0.999,), 0, _normal(2)),
     "add_scaled_": Case(transforms.add_scaled_, lambda x, y, s: x + s * y, (-0.37,), 0, _normal(2)),
@@ -111,7 +122,7 @@ CASES = {
         _normal(2),
     ),
 }
-DEDICATED = {"adaptive_direction", "friction_", "gradient_norm_correction_", "positive_negative_momentum_"}
+DEDICATED = {"adaptive_direction", "cpr_", "friction_", "gradient_norm_correction_", "positive_negative_momentum_"}
 """Public transforms with tests of their own below (several outputs, or arguments that are not numbers)."""
 # The gradient transforms (soft clip, GC, AGC) have their own module of tests: test_gradient_transforms.py.
 PUBLIC_FUNCTIONS = sorted(
@@ -288,3 +299,41 @@ def test_adaptive_direction_is_the_named_denominator(denominator):
         "softplus": transforms.softplus_direction(numerator, second_moment, 1.3, 1e-3, 5.0),
     }[denominator]
     torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-14)
+
+
+
+@pytest.mark.parametrize("shape", [(), (7,), (4, 5), (2, 3, 4), (0,)], ids=str)
+@pytest.mark.parametrize("dtype", [F64, F32, BF16], ids=str)
+def test_cpr_warm_start_then_lagrange_steps_against_float64(shape, dtype):
+    """cpr_ over several steps: nothing before the warm start, kappa = ||p||^2 at it, then the multiplier's
+    projected ascent and p <- p (1 - 2 lambda), against the same rule written in float64."""
+    generator = torch.Generator().manual_seed(zlib.crc32(repr(shape).encode()))
+    param = torch.randn(shape, generator=generator, dtype=F64)
+    state_dtype = F64 if dtype == F64 else F32
+    lagrange, kappa = torch.zeros((), dtype=state_dtype), torch.zeros((), dtype=state_dtype)
+    ours = param.to(dtype)
+    ref, ref_lagrange, ref_kappa = ours.double(), 0.0, 0.0
+    mu, warm_start = 0.3, 2
+    n = max(param.numel(), 1)
+    largest = 0.0
+    for step in range(1, 7):
+        growth = 1.0 + 0.1 * step  # the optimizer's update: the tensor grows, then the constraint acts
+        ours.mul_(growth)
+        ref = ours.double().clone()  # .double() of a float64 tensor is the tensor itself
+        transforms.cpr_(ours, lagrange, kappa, mu, warm_start, step)
+        squared = float((ref * ref).sum())
+        if step == warm_start:
+            ref_kappa = squared
+        if step > warm_start:
+            ref_lagrange = max(0.0, ref_lagrange + mu / n * (squared - ref_kappa))
+        ref = ref * (1 - 2 * ref_lagrange)
+        tolerance = {F64: 1e-12, F32: 1e-5, BF16: 1e-2}[dtype]
+        torch.testing.assert_close(ours.double(), ref, rtol=tolerance, atol=tolerance)
+        assert math.isclose(float(kappa), ref_kappa, rel_tol=tolerance if dtype != BF16 else 1e-5, abs_tol=1e-12)
+        assert math.isclose(float(lagrange), ref_lagrange, rel_tol=1e-5, abs_tol=1e-12)
+        if step <= warm_start:
+            assert float(lagrange) == 0.0
+        assert ours.dtype == dtype
+        largest = max(largest, float(lagrange))
+    if param.numel():
+        assert largest > 0  # the tensor grew past its bound after the warm start: the multiplier acted

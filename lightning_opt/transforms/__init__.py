@@ -8,6 +8,7 @@ Optimizers in :mod:`lightning_opt.optim` are short compositions of these pieces.
 from lightning_opt.transforms.acceleration import friction_, gradient_norm_correction_, momentum_second_moment_
 from lightning_opt.transforms.arith import Scalar, add_scaled, add_scaled_
 from lightning_opt.transforms.cautious import cautious_mask_
+from lightning_opt.transforms.constraints import cpr_, norm_loss_
 from lightning_opt.transforms.denominators import (
     adaptive_direction,
     atan2_direction,
@@ -42,6 +43,7 @@ __all__ = [
     "cautious_weight_decay_",
     "centralize",
     "centralize_",
+    "cpr_",
     "decoupled_weight_decay_",
     "ema_",
     "ema_sq_",
@@ -51,6 +53,7 @@ __all__ = [
     "l2_regularised",
     "momentum_second_moment_",
     "nesterov_numerator",
+    "norm_loss_",
     "positive_negative_momentum_",
     "soft_clip",
     "soft_clip_",
