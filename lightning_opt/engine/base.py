@@ -26,13 +26,30 @@ from lightning_opt.engine.compiled import (
 )
 from lightning_opt.engine.stacks import Plan, Stack, ViewFn, all_finite, plan_stacks, reject_sparse_grads, units_view
 from lightning_opt.transforms.arith import Scalar
+from lightning_opt.transforms.constraints import (
+    BEFORE_UPDATE,
+    REGULARIZER_BUFFERS,
+    REGULARIZER_DEFAULTS,
+    REGULARIZER_STATE,
+    STEP,
+    apply_regularizer,
+    check_regularizer,
+    init_regularizer_state,
+    regularizer_numbers,
+)
 from lightning_opt.transforms.gradient import (
     AGC_CLIPPING,
     GradTransformsArg,
     apply_gradient_transforms,
     check_grad_transforms,
 )
-from lightning_opt.validation import check_bool, check_float, check_param_group, check_param_groups
+from lightning_opt.validation import (
+    check_bool,
+    check_float,
+    check_param_group,
+    check_param_groups,
+    in_parameter_group,
+)
 
 Hyperparameters = Mapping[str, Scalar]
 """Numbers an update reads: Python floats on the eager path, 0-d tensors on the compiled path."""
@@ -86,6 +103,10 @@ class BaseOptimizer(torch.optim.Optimizer):
             gradient before the update, without changing ``p.grad``; stored per group, so a group may
             override it. Fused into the update under ``compile=True``.
         agc_clipping: the ``clipping`` of ``"adaptive_clip"``.
+
+    A parameter group may also choose a parameter-side regulariser, run with every optimizer of the package
+    (:mod:`lightning_opt.transforms.constraints`): ``"regularizer": "norm_loss"`` (with ``norm_loss_factor``)
+    or ``"cpr"`` (with ``cpr_mu`` and ``cpr_warm_start``), validated when the group is added.
 
     ``compile``, ``skip_nonfinite`` and ``nonfinite_skips`` survive ``copy.deepcopy`` and pickling, and
     :meth:`load_state_dict` (a Lightning ``ckpt_path`` resume) keeps those of the optimizer it loads into:
@@ -154,6 +175,9 @@ class BaseOptimizer(torch.optim.Optimizer):
         if check is not None and isinstance(param_group, dict):
             checked = check_param_group(len(self.param_groups), param_group, self.defaults, check)
             param_group.update({name: value for name, value in checked.items() if name in param_group})
+        if isinstance(param_group, dict):
+            checked = self._check_regularizer(len(self.param_groups), param_group)
+            param_group.update({name: value for name, value in checked.items() if name in param_group})
         super().add_param_group(param_group)
         for param in self.param_groups[-1]["params"]:
             if param.is_complex():
@@ -163,7 +187,8 @@ class BaseOptimizer(torch.optim.Optimizer):
                     f"dtype {param.dtype} and shape {tuple(param.shape)}); view it as real with "
                     "torch.view_as_real and optimize that"
                 )
-            if self.whole_tensor_statistics and _is_sharded_dtensor(param):
+            regularized = self.param_groups[-1].get("regularizer") is not None  # norms of rows or tensors too
+            if (self.whole_tensor_statistics or regularized) and _is_sharded_dtensor(param):
                 self.param_groups.pop()
                 raise ValueError(
                     f"Invalid params: {type(self).__name__} computes statistics over whole tensors (norms, or "
@@ -250,6 +275,8 @@ class BaseOptimizer(torch.optim.Optimizer):
             transforms = check_grad_transforms(group["grad_transforms"])
             if "adaptive_clip" in transforms:
                 numbers = {**numbers, "agc_clipping": group["agc_clipping"]}
+            self._check_regularizer(index, group)  # the user may have changed the group since it was added
+            numbers = {**numbers, **regularizer_numbers(group)}
             plan = self._plan(index, group)
             if plan is None:
                 continue
@@ -278,19 +305,31 @@ class BaseOptimizer(torch.optim.Optimizer):
                 self._report_nonfinite(skipped)
         if not stepping:
             return None
-        key = (index, *map(id, stepping))
+        regularizer = group.get("regularizer")
+        key = (index, regularizer, *map(id, stepping))
         plan = self._plans.get(key)
         if plan is None:
             for param in stepping:
                 state = self.state[param]
                 if not state:
                     self.init_state(param, state)
+                init_regularizer_state(regularizer, param, state, type(self).stack_view(param.shape))
             if len(self._plans) >= self.max_kept_plans:
                 self._plans.pop(next(iter(self._plans)))
             plan = self._plans[key] = plan_stacks(
-                stepping, self.state.__getitem__, self.buffer_names, type(self).stack_view
+                stepping, self.state.__getitem__, self._state_names(group), type(self).stack_view
             )
         return plan
+
+    def _state_names(self, group: dict[str, Any]) -> tuple[str, ...]:
+        """The state buffers a step of ``group`` reads: the optimizer's and its regulariser's."""
+        return (*self.buffer_names, *REGULARIZER_BUFFERS.get(group.get("regularizer") or "", ()))
+
+    def _check_regularizer(self, index: int, group: Mapping[str, Any]) -> dict[str, Any]:
+        """Validate ``group``'s regulariser keys (:func:`~lightning_opt.transforms.constraints.check_regularizer`);
+        the error names the group."""
+        values = {name: group.get(name, default) for name, default in REGULARIZER_DEFAULTS.items()}
+        return in_parameter_group(index, check_regularizer, values)
 
     def _report_nonfinite(self, skipped: int) -> None:
         self.nonfinite_skips += skipped
@@ -311,17 +350,20 @@ class BaseOptimizer(torch.optim.Optimizer):
         """One step of a chunk of stacks of one kind: every phase of the update, compiled (one call for the
         whole chunk) or eagerly, then the copied stacks' parameters written back."""
         params, grads, buffers, steps = [], [], [], []
+        names = self._state_names(group)
         for stack in chunk:
             states = [self.state[param] for param in stack.params]
-            stack.bind(states, self.buffer_names)
+            stack.bind(states, names)
             steps.append(stack.advance_steps())
-            param, grad, stack_buffers = stack.gather(states, self.buffer_names)
+            param, grad, stack_buffers = stack.gather(states, names)
             params.append(param)
             grads.append(grad)
             buffers.append(stack_buffers)
-        tensor_names, tensor_values = self._tensor_values(group, steps, params[0])
+        regularizer = group.get("regularizer")
+        tensor_names, tensor_values = self._tensor_values(group, steps, params[0], regularizer == "cpr")
         group_names = tuple(numbers)
         unit_start = chunk[0].unit_start
+        regularizers = (regularizer,) if regularizer else ()
         if transforms and unit_start is None:  # the view splits units: transform in the units view first
             grads = [
                 apply_gradient_transforms(
@@ -330,18 +372,28 @@ class BaseOptimizer(torch.optim.Optimizer):
                 for stack, param, grad in zip(chunk, params, grads)
             ]
             transforms, unit_start = (), 1
+        if regularizer in BEFORE_UPDATE and chunk[0].unit_start is None:  # likewise, before the update
+            for stack, param in zip(chunk, params):
+                apply_regularizer(regularizer, param.view(stack.units_shape()), {}, numbers, 2)  # type: ignore[arg-type]
+            regularizers = ()
         carried: list[dict[str, torch.Tensor]] = [{} for _ in chunk]
         for k, name in enumerate(self.phases):
             phase = getattr(type(self), name)
             # the first phase transforms the gradient; with later phases, it carries the result to them
             phase_transforms = transforms if k == 0 else ()
             keep_grad = bool(phase_transforms) and k < len(self.phases) - 1
+            # regularisers applied before the update run in the first phase, the others in the last
+            phase_regularizers = tuple(
+                name for name in regularizers
+                if (k == 0 if name in BEFORE_UPDATE else k == len(self.phases) - 1)
+            )
             args = (
                 phase, params, grads, buffers, group_values, tensor_values, group_names, tensor_names, flags,
-                carried, phase_transforms, unit_start, keep_grad,
+                carried, phase_transforms, unit_start, keep_grad, phase_regularizers,
             )
             runner = self._runner(
-                chunk, k, phase, phase_transforms, flags, group_names, tensor_names, carried[0], keep_grad
+                chunk, k, phase, phase_transforms, flags, group_names, tensor_names, carried[0], keep_grad,
+                phase_regularizers,
             )
             if runner is not None:
                 key, compiled = runner
@@ -358,14 +410,19 @@ class BaseOptimizer(torch.optim.Optimizer):
             stack.scatter()
 
     def _tensor_values(
-        self, group: dict[str, Any], steps: list[torch.Tensor], param: torch.Tensor
+        self, group: dict[str, Any], steps: list[torch.Tensor], param: torch.Tensor, with_steps: bool = False
     ) -> tuple[tuple[str, ...], list[Optional[torch.Tensor]]]:
         """The names of the per-tensor hyper-parameters and, per stack of a chunk, a ``(k, n)`` tensor of their
-        values on the stacks' device, computed for the whole chunk at once (``None`` per stack if the optimizer
-        has none)."""
-        if type(self).tensor_hyperparameters is BaseOptimizer.tensor_hyperparameters:
+        values on the stacks' device, computed for the whole chunk at once (``None`` per stack if there are
+        none). ``with_steps`` adds each tensor's step count (for CPR), named
+        :data:`~lightning_opt.transforms.constraints.STEP`."""
+        own = type(self).tensor_hyperparameters is not BaseOptimizer.tensor_hyperparameters
+        if not own and not with_steps:
             return (), [None] * len(steps)
-        per_tensor = self.tensor_hyperparameters(group, torch.cat(steps).to(torch.float64))
+        all_steps = torch.cat(steps).to(torch.float64)
+        per_tensor = self.tensor_hyperparameters(group, all_steps) if own else {}
+        if with_steps:
+            per_tensor = {**per_tensor, STEP: all_steps}
         values = torch.stack(list(per_tensor.values()), dim=1).to(scalar_dtype(param.dtype))
         values = host_to_device(values, param.device)
         return tuple(per_tensor), list(values.split([len(s) for s in steps]))
@@ -381,6 +438,7 @@ class BaseOptimizer(torch.optim.Optimizer):
         tensor_names: tuple[str, ...],
         carried: Mapping[str, torch.Tensor],
         keep_grad: bool,
+        regularizers: tuple[str, ...] = (),
     ) -> Optional[tuple[tuple[Any, ...], Callable[..., Any]]]:
         """The compiled runner of this phase for this chunk of stacks, with its key; ``None`` on the eager
         path, or if that runner failed to compile (it then runs eagerly, with one warning per optimizer)."""
@@ -390,7 +448,7 @@ class BaseOptimizer(torch.optim.Optimizer):
         kinds = tuple(stack.kind for stack in chunk)
         key = runner_key(
             phase, transforms, flags, group_names, tensor_names, tuple(carried), kinds, param.device, param.dtype,
-            keep_grad,
+            keep_grad, regularizers,
         )
         runner = shared_runner(key)
         if isinstance(runner, str):  # this or another optimizer already failed to compile it
@@ -415,7 +473,9 @@ class BaseOptimizer(torch.optim.Optimizer):
         """Load a state dict (a Lightning ``ckpt_path`` resume); see ``torch.optim.Optimizer.load_state_dict``.
 
         torch casts every loaded state tensor but ``step`` to its parameter's floating dtype; state that is
-        not floating (packed sign bits, counts) is given its saved dtype back, so a resume is bit-identical.
+        not floating (packed sign bits, counts) is given its saved dtype back, and a regulariser's float32
+        state (CPR's ``lambda`` and ``kappa`` beside bfloat16 parameters) its saved values, so a resume is
+        bit-identical.
         """
         saved_ids = [index for group in state_dict["param_groups"] for index in group["params"]]
         kept = {
@@ -424,11 +484,19 @@ class BaseOptimizer(torch.optim.Optimizer):
             for name, value in state_dict["state"].get(index, {}).items()
             if isinstance(value, torch.Tensor) and name != "step" and not value.is_floating_point()
         }
+        exact = {
+            (position, name): value
+            for position, index in enumerate(saved_ids)
+            for name, value in state_dict["state"].get(index, {}).items()
+            if isinstance(value, torch.Tensor) and name in REGULARIZER_STATE
+        }
         super().load_state_dict(state_dict)
         params = [param for group in self.param_groups for param in group["params"]]
         for (position, name), dtype in kept.items():
             state = self.state[params[position]]
             state[name] = state[name].to(dtype)
+        for (position, name), value in exact.items():
+            self.state[params[position]][name] = value.detach().to(params[position].device, copy=True)
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()

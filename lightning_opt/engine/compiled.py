@@ -30,6 +30,7 @@ from typing import Any, Optional, Union
 
 import torch
 
+from lightning_opt.transforms.constraints import BEFORE_UPDATE, apply_regularizer
 from lightning_opt.transforms.gradient import apply_gradient_transforms
 
 _runner_ids = count()
@@ -62,6 +63,7 @@ def run_stack(
     grad_transforms: Sequence[str],
     unit_start: int,
     keep_grad: bool = False,
+    regularizers: Sequence[str] = (),
 ) -> dict[str, torch.Tensor]:
     """Apply one phase of an update to a stack; return what every phase so far returned (named tensors).
 
@@ -72,7 +74,10 @@ def run_stack(
     added to the hyper-parameters. ``grad_transforms`` names gradient transforms applied, out of place, to
     the gradient before ``update`` reads it, with units starting at dimension ``unit_start``; with
     ``keep_grad`` (the first of several phases) the transformed gradient is carried too, and the later
-    phases read it as their ``grad`` (:data:`TRANSFORMED_GRAD`).
+    phases read it as their ``grad`` (:data:`TRANSFORMED_GRAD`). ``regularizers`` names the parameter-side
+    regularisers of :mod:`lightning_opt.transforms.constraints` this phase applies: those of
+    :data:`~lightning_opt.transforms.constraints.BEFORE_UPDATE` after the gradient transforms and before
+    ``update``, the others after it.
     """
     hyperparameters = {name: group_values[i] for i, name in enumerate(group_names)}
     for j, name in enumerate(tensor_names):
@@ -81,7 +86,13 @@ def run_stack(
     grad = earlier.pop(TRANSFORMED_GRAD, grad)
     hyperparameters.update(earlier)
     grad = apply_gradient_transforms(grad, param, grad_transforms, hyperparameters, unit_start)
+    for name in regularizers:
+        if name in BEFORE_UPDATE:
+            apply_regularizer(name, param, buffers, hyperparameters, unit_start)
     result = {**carried, **(update(param, grad, buffers, hyperparameters, flags) or {})}
+    for name in regularizers:
+        if name not in BEFORE_UPDATE:
+            apply_regularizer(name, param, buffers, hyperparameters, unit_start)
     if keep_grad:
         result[TRANSFORMED_GRAD] = grad
     return result
@@ -101,13 +112,14 @@ def run_stacks(
     grad_transforms: Sequence[str],
     unit_start: int,
     keep_grad: bool = False,
+    regularizers: Sequence[str] = (),
 ) -> list[dict[str, torch.Tensor]]:
     """:func:`run_stack` over a chunk of stacks (the lists hold one entry per stack); returns what each
     returned. Compiled, one call runs the whole chunk."""
     return [
         run_stack(
             update, params[i], grads[i], buffers[i], group_values, tensor_values[i], group_names, tensor_names,
-            flags, carried[i], grad_transforms, unit_start, keep_grad,
+            flags, carried[i], grad_transforms, unit_start, keep_grad, regularizers,
         )
         for i in range(len(params))
     ]
@@ -150,12 +162,13 @@ def runner_key(
     device: torch.device,
     dtype: torch.dtype,
     keep_grad: bool = False,
+    regularizers: Sequence[str] = (),
 ) -> tuple[Any, ...]:
     """The key under which :func:`shared_runner` keeps the compiled ``phase`` for a chunk of stacks: the
     phase function, the transforms, the flags, the names of the numbers it reads, the kind of each stack
     of the chunk (:attr:`~lightning_opt.engine.stacks.Stack.kind`: which sizes are 0 or 1, which dynamo
-    specialises), the device, the dtype and whether the phase carries its transformed gradient on. Two chunks
-    with equal keys run the same graph."""
+    specialises), the device, the dtype, whether the phase carries its transformed gradient on and the
+    regularisers it applies. Two chunks with equal keys run the same graph."""
     return (
         phase,
         tuple(grad_transforms),
@@ -167,6 +180,7 @@ def runner_key(
         device,
         dtype,
         keep_grad,
+        tuple(regularizers),
     )
 
 
