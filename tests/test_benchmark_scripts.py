@@ -19,6 +19,7 @@ STEP_SPEED = BENCHMARKS / "step_speed.py"
 COMPILE_TIME = BENCHMARKS / "compile_time.py"
 GPU = BENCHMARKS / "gpu.py"
 ENGINE_TARGETS = BENCHMARKS / "engine_targets.py"
+MEMORY_ACCURACY = BENCHMARKS / "memory_accuracy.py"
 
 
 def _run(*args: str, cwd: Path, script: Path = STEP_SPEED) -> subprocess.CompletedProcess[str]:
@@ -207,3 +208,37 @@ def test_the_engine_targets_run_real_candidates_and_refuse_bad_arguments(tmp_pat
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("engine_targets.py: error: unrecognized arguments: --steps 3")
+
+
+def test_memory_accuracy_trains_both_recipes_with_defaults_and_reads_the_runs_back(tmp_path: Path) -> None:
+    out = tmp_path / "memory_accuracy.json"
+    result = _run(
+        "--only", "SM3", "--epochs", "1", "--vae-epochs", "1", "--out", str(out), cwd=tmp_path, script=MEMORY_ACCURACY
+    )
+
+    assert result.returncode == 0, result.stderr[-2000:]
+    (record,) = json.loads(out.read_text())["results"]
+    assert record["optimizer"] == "SM3"
+    assert 0.0 < record["bytes_per_param_standard"] < 0.05  # the SM3 memory target
+    assert record["bytes_per_param_standard"] < record["bytes_per_param_digits"] < 1.0  # small matrices cost more
+    assert 0.1 < record["digits_final_val_acc"] <= record["digits_best_val_acc"] <= 1.0  # 1 epoch: above chance
+    assert math.isclose(record["vae_val_loss"], record["vae_val_recon"] + record["vae_val_kl"], rel_tol=1e-4)
+    assert "| `SM3` |" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("--only", "Adam"), "memory_accuracy.py: error: argument --only: invalid choice: 'Adam'"),
+        (("--epochs", "0"), "memory_accuracy.py: error: --epochs and --vae-epochs must be >= 1 (got 0, 150)"),
+    ],
+)
+def test_memory_accuracy_bad_arguments_exit_2_with_one_line(
+    tmp_path: Path, args: tuple[str, ...], expected: str
+) -> None:
+    result = _run(*args, "--out", str(tmp_path / "never.json"), cwd=tmp_path, script=MEMORY_ACCURACY)
+
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(expected)
+    assert not (tmp_path / "never.json").exists()
