@@ -21,6 +21,7 @@ from lightning_opt.optim import NSGDA, AdaLo, Adafactor, AdamAtan2
 from lightning_opt.optim.adam_family import PNM, AdaMomentum, AdaNorm, AdaPNM, DiffGrad, SAdam
 from lightning_opt.optim.amos import Amos
 from lightning_opt.optim.lookahead import Lookahead
+from lightning_opt.optim.muon import Muon, muon_param_groups
 from lightning_opt.optim.sm3 import SM3
 from lightning_opt.optim.smmf import SMMF
 from lightning_opt.registry import REGISTRY, OptimizerSpec, get_spec
@@ -56,6 +57,7 @@ __all__ = [
     "AdamAtan2",
     "Amos",
     "Lookahead",
+    "Muon",
     "SM3",
     "SMMF",
     "DiffGrad",
@@ -70,6 +72,7 @@ __all__ = [
     "get_spec",
     "SoftClip",
     "param_groups_for_weight_decay",
+    "muon_param_groups",
 ]
 
 

@@ -150,6 +150,11 @@ def build_optimizer(
 ) -> Union[torch.optim.Optimizer, dict[str, Any]]:
     """Build an optimizer by name for a LightningModule's ``configure_optimizers``.
 
+    An optimizer class with a ``module_param_groups(module, groups)`` static method gets the decay / no-decay
+    groups split further by it: :class:`~lightning_opt.optim.muon.Muon` splits each into its hidden matrices
+    (``use_muon=True``) and the rest (embeddings, the output layer, biases, norms: ``use_muon=False``), see
+    :func:`~lightning_opt.optim.muon.muon_param_groups`.
+
     Args:
         model: a module (its parameters are split into decay / no-decay groups) or an iterable of
             parameters (one group, no split).
@@ -182,6 +187,9 @@ def build_optimizer(
         weight_decay = _default_weight_decay(optimizer_cls)
     if isinstance(model, nn.Module):
         params: Any = param_groups_for_weight_decay(model, weight_decay, no_decay, replace_default=replace_default)
+        module_groups = getattr(optimizer_cls, "module_param_groups", None)
+        if callable(module_groups):  # an optimizer that treats layers differently (Muon) splits them further
+            params = module_groups(model, params)
     else:
         params = [{"params": list(model), "weight_decay": weight_decay}]
     if "weight_decay" not in inspect.signature(optimizer_cls).parameters:

@@ -376,6 +376,34 @@ class LightningOptCLI(LightningCLI):
                 exit_with_one_line(f"{self.parser.prog} {subcommand or ''}".strip(), line)
 
     @override
+    def _add_configure_optimizers_method_to_model(self, subcommand: Optional[str]) -> None:
+        """Install ``--optimizer`` as LightningCLI does, with one difference: an optimizer class that builds its
+        parameter groups from the model (a ``module_param_groups`` static method:
+        :class:`~lightning_opt.optim.muon.Muon`, whose hidden matrices and other tensors take different updates)
+        gets those groups instead of ``model.parameters()``."""
+        groups = self._module_param_groups(subcommand)
+        if groups is None:
+            super()._add_configure_optimizers_method_to_model(subcommand)
+            return
+        model = self.model
+        # LightningCLI passes model.parameters() to the optimizer: for this one call, it yields the groups
+        model.parameters = lambda *args, **kwargs: iter(groups)  # type: ignore[method-assign]
+        try:
+            super()._add_configure_optimizers_method_to_model(subcommand)
+        finally:
+            del model.parameters
+
+    def _module_param_groups(self, subcommand: Optional[str]) -> Optional[list[dict[str, Any]]]:
+        """The groups ``--optimizer``'s class builds from the model, or ``None`` if it builds none."""
+        if not isinstance(getattr(self, "model", None), torch.nn.Module):
+            return None
+        config = self.config_init.get(str(subcommand), self.config_init) if subcommand else self.config_init
+        node = config.get("optimizer")
+        class_path = node.get("class_path") if isinstance(node, dict) else getattr(node, "class_path", None)
+        build = getattr(_import_class(class_path), "module_param_groups", None)
+        return build(self.model) if callable(build) else None
+
+    @override
     def before_instantiate_classes(self) -> None:
         """Apply ``--num_threads``; switch the progress bar off when stdout is not a terminal."""
         config = self.config[self.subcommand] if self.subcommand else self.config

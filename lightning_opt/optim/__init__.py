@@ -6,6 +6,7 @@ from lightning_opt.optim.adam_atan2 import AdamAtan2
 from lightning_opt.optim.adam_family import PNM, AdaMomentum, AdaNorm, AdaPNM, DiffGrad, SAdam
 from lightning_opt.optim.amos import Amos
 from lightning_opt.optim.lookahead import Lookahead
+from lightning_opt.optim.muon import Muon
 from lightning_opt.optim.nsgda import NSGDA
 from lightning_opt.optim.sm3 import SM3
 from lightning_opt.optim.smmf import SMMF
@@ -14,3 +15,4 @@ __all__ = ["NSGDA", "AdaLo", "Adafactor", "AdamAtan2", "AdaMomentum", "AdaNorm",
 __all__ += ["Amos", "SM3"]
 __all__ += ["SMMF"]
 __all__ += ["Lookahead"]
+__all__ += ["Muon"]
