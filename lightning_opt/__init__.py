@@ -33,6 +33,8 @@ if TYPE_CHECKING:
         GradientCentralization,
         LossFeeder,
         SoftClip,
+        WarmupFreeScaling,
+        warmup_free_factors,
     )
 
 __version__ = "0.1.0"
@@ -43,6 +45,8 @@ _LAZY = {
     "GradientCentralization": "lightning_opt.callbacks",
     "LossFeeder": "lightning_opt.callbacks",
     "SoftClip": "lightning_opt.callbacks",
+    "WarmupFreeScaling": "lightning_opt.callbacks",
+    "warmup_free_factors": "lightning_opt.callbacks",
 }
 """Public names whose module imports Lightning: imported when first looked up."""
 
@@ -72,6 +76,8 @@ __all__ = [
     "get_spec",
     "SoftClip",
     "param_groups_for_weight_decay",
+    "WarmupFreeScaling",
+    "warmup_free_factors",
     "muon_param_groups",
 ]
 

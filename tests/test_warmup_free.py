@@ -471,3 +471,12 @@ def test_bfloat16_parameters():
     fit(Bf16(), [callback], max_steps=3)
     assert all(p.dtype == torch.bfloat16 and torch.isfinite(p).all() for p in module.parameters())
     assert min(callback.last_factors.values()) < 1.0
+
+
+def test_exported_lazily_from_the_package():
+    import lightning_opt
+    import lightning_opt.callbacks
+
+    assert lightning_opt.WarmupFreeScaling is lightning_opt.callbacks.WarmupFreeScaling is WarmupFreeScaling
+    assert lightning_opt.warmup_free_factors is warmup_free_factors
+    assert {"WarmupFreeScaling", "warmup_free_factors"} <= set(lightning_opt.__all__) & set(lightning_opt.__dir__())

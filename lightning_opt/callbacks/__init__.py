@@ -10,6 +10,7 @@ from lightning_opt.callbacks.gradient_hooks import (
 from lightning_opt.callbacks.loss_feeder import LossDriven, LossFeeder
 from lightning_opt.callbacks.parameter_filter import ParameterFilter
 from lightning_opt.callbacks.tail_monitor import GradientTailMonitor
+from lightning_opt.callbacks.warmup_free import WarmupFreeScaling, warmup_free_factors
 
 __all__ = [
     "AdaptiveGradientClipping",
@@ -21,4 +22,6 @@ __all__ = [
     "LossFeeder",
     "ParameterFilter",
     "SoftClip",
+    "WarmupFreeScaling",
+    "warmup_free_factors",
 ]

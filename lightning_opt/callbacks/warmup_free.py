@@ -169,8 +169,9 @@ def power_iteration(
 def _factors_from_sigmas(
     sigma_weights: torch.Tensor, sigma_steps: torch.Tensor, tau: float, mode: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(factors, ratios)`` of (3) from the stacked ``sigma_1`` values, one entry per tensor."""
-    ratios = sigma_steps / sigma_weights
+    """``(factors, ratios)`` of (3) from the stacked ``sigma_1`` values, one entry per tensor; a zero step's
+    ratio is 0 (also on zero weights), a step on zero weights has ratio inf, a non-finite step NaN."""
+    ratios = torch.where(sigma_steps == 0, torch.zeros_like(sigma_steps), sigma_steps / sigma_weights)
     bounded = (sigma_weights > 0) & (sigma_steps > 0) & torch.isfinite(sigma_steps) & torch.isfinite(ratios)
     safe_steps = torch.where(bounded, sigma_steps, torch.ones_like(sigma_steps))
     factors = torch.where(bounded, (tau * sigma_weights / safe_steps).clamp(max=1.0), torch.ones_like(ratios))
@@ -424,7 +425,7 @@ class WarmupFreeScaling(Callback):
             "factor_min": min(factors),
             "factor_mean": math.fsum(factors) / len(factors),
             "bounded": sum(f < 1.0 for f in factors) / len(factors),
-            "ratio_max": max(self.last_ratios.values()),
+            "ratio_max": max((r for r in self.last_ratios.values() if not math.isnan(r)), default=math.nan),
         }
         if self.log_per_layer:
             metrics.update({f"factor/{name}": value for name, value in self.last_factors.items()})
