@@ -77,6 +77,14 @@ def adaptive_clip_reference(
     return (rows * scale).reshape(g.shape)
 
 
+def normalize_reference(g: torch.Tensor, eps: float = 1e-8, mutation: str | None = None) -> torch.Tensor:
+    """Gradient normalisation: the whole tensor divided by its Euclidean norm plus eps."""
+    if mutation == "normalize_rows":
+        rows = unit_rows(g)
+        return (rows / (rows.norm(dim=1, keepdim=True) + eps)).reshape(g.shape)
+    return g / (torch.sqrt(torch.sum(g * g)) + eps)
+
+
 def transform_gradient_reference(g: torch.Tensor, p: torch.Tensor, group: dict[str, Any], mutation: str | None):
     names = list(group["grad_transforms"])
     if mutation == "transforms_reversed":
@@ -88,6 +96,8 @@ def transform_gradient_reference(g: torch.Tensor, p: torch.Tensor, group: dict[s
             g = soft_clip_reference(g, p, mutation=mutation)
         elif name == "adaptive_clip":
             g = adaptive_clip_reference(g, p, group["agc_clipping"], mutation=mutation)
+        elif name == "normalize":
+            g = normalize_reference(g, mutation=mutation)
         else:
             raise ValueError(name)
     return g
@@ -100,6 +110,7 @@ GRADIENT_TRANSFORM_MUTATIONS = (
     "gc_global_mean",  # one mean over the whole tensor instead of one per output unit
     "soft_clip_tensor_rms",  # soft clip with whole-tensor instead of unit-wise RMS
     "agc_tensor_norm",  # AGC with whole-tensor instead of unit-wise norms
+    "normalize_rows",  # gradient normalisation per output unit instead of per tensor
 )
 
 

@@ -1,4 +1,4 @@
-"""SoftClip, GradientCentralization and AdaptiveGradientClipping as callbacks on real Trainers.
+"""SoftClip, GradientCentralization, AdaptiveGradientClipping and GradientNormalization as callbacks on Trainers.
 
 The test module's loss is ``sum(p * target)`` for every parameter, so each gradient is exactly a known
 ``target``; torch's SGD with ``lr=1`` then moves each parameter by exactly the gradient it was given,
@@ -17,9 +17,22 @@ from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_opt import AdamAtan2, AdaptiveGradientClipping, GradientCentralization, SoftClip
+from lightning_opt import (
+    PNM,
+    AdamAtan2,
+    AdaptiveGradientClipping,
+    GradientCentralization,
+    GradientNormalization,
+    SoftClip,
+)
 from lightning_opt.callbacks import GradientTransformCallback
-from tests.references import adaptive_clip_reference, centralize_reference, soft_clip_reference, unit_rows
+from tests.references import (
+    adaptive_clip_reference,
+    centralize_reference,
+    normalize_reference,
+    soft_clip_reference,
+    unit_rows,
+)
 
 F64 = torch.float64
 SHAPES = {"conv.weight": (3, 2, 3, 3), "linear.weight": (4, 6), "linear.bias": (4,), "gain": ()}
@@ -83,13 +96,18 @@ REFERENCES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "SoftClip": lambda g, p: soft_clip_reference(g, p),
     "GradientCentralization": lambda g, p: centralize_reference(g),
     "AdaptiveGradientClipping": lambda g, p: adaptive_clip_reference(g, p, 0.05),
+    "GradientNormalization": lambda g, p: normalize_reference(g),
 }
 
 
 def make_callback(name: str, **kwargs: Any) -> GradientTransformCallback:
     if name == "AdaptiveGradientClipping":
         return AdaptiveGradientClipping(clipping=0.05, **kwargs)
-    return {"SoftClip": SoftClip, "GradientCentralization": GradientCentralization}[name](**kwargs)
+    return {
+        "SoftClip": SoftClip,
+        "GradientCentralization": GradientCentralization,
+        "GradientNormalization": GradientNormalization,
+    }[name](**kwargs)
 
 
 def expected_gradients(module: KnownGradients, initial: dict[str, torch.Tensor], name: str, skip=()) -> dict:
@@ -177,20 +195,25 @@ def test_under_accumulation_the_window_gradient_is_transformed_once():
 
 
 @pytest.mark.parametrize(
-    ("callback", "transforms"),
+    ("callback", "transforms", "optimizer"),
     [
-        (lambda: SoftClip(), ("soft_clip",)),
-        (lambda: [GradientCentralization(), AdaptiveGradientClipping(clipping=0.05)], ("centralize", "adaptive_clip")),
+        (lambda: SoftClip(), ("soft_clip",), AdamAtan2),
+        (
+            lambda: [GradientCentralization(), AdaptiveGradientClipping(clipping=0.05)],
+            ("centralize", "adaptive_clip"),
+            AdamAtan2,
+        ),
+        (lambda: GradientNormalization(), ("normalize",), PNM),  # SGD-type: Adam would not see a tensor's scale
     ],
-    ids=["soft_clip", "gc+agc"],
+    ids=["soft_clip", "gc+agc", "normalize"],
 )
-def test_callback_and_optimizer_flag_give_the_same_training(callback, transforms):
+def test_callback_and_optimizer_flag_give_the_same_training(callback, transforms, optimizer):
     """The same transform used as a callback on p.grad and inside the optimizer: same weights after 5 steps."""
     made = callback()
     callbacks = made if isinstance(made, list) else [made]
-    by_callback = KnownGradients(lambda params: AdamAtan2(params, lr=0.05))
-    by_flag = KnownGradients(lambda params: AdamAtan2(params, lr=0.05, grad_transforms=transforms, agc_clipping=0.05))
-    plain = KnownGradients(lambda params: AdamAtan2(params, lr=0.05))
+    by_callback = KnownGradients(lambda params: optimizer(params, lr=0.05))
+    by_flag = KnownGradients(lambda params: optimizer(params, lr=0.05, grad_transforms=transforms, agc_clipping=0.05))
+    plain = KnownGradients(lambda params: optimizer(params, lr=0.05))
     fit(by_callback, callbacks, max_steps=5)
     fit(by_flag, [], max_steps=5)
     fit(plain, [], max_steps=5)
@@ -235,6 +258,8 @@ def test_sparse_gradients_raise_a_clear_error():
         (lambda: AdaptiveGradientClipping(eps=float("nan")), "eps"),
         (lambda: GradientCentralization(include=[3]), "include"),
         (lambda: SoftClip(exclude=""), "exclude"),
+        (lambda: GradientNormalization(eps=0.0), "eps"),
+        (lambda: GradientNormalization(eps=3.5e38), "eps"),
     ],
 )
 def test_invalid_arguments_are_named(make, argument):

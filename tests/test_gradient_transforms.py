@@ -1,4 +1,4 @@
-"""Soft clip, gradient centralisation and AGC as plain functions: float64 references, public oracles, edge cases.
+"""Soft clip, centralisation, AGC and normalisation as plain functions: float64 references, oracles, edge cases.
 
 The references (``tests/references.py``) are written from the formulas as row-by-row matrix operations;
 ``pytorch_optimizer`` (a test-only dependency) is an independent public implementation of GC and AGC.
@@ -19,11 +19,18 @@ from lightning_opt.transforms.gradient import (
     centralize,
     centralize_,
     check_grad_transforms,
+    normalize_gradient,
+    normalize_gradient_,
     soft_clip,
     soft_clip_,
     unit_rms,
 )
-from tests.references import adaptive_clip_reference, centralize_reference, soft_clip_reference
+from tests.references import (
+    adaptive_clip_reference,
+    centralize_reference,
+    normalize_reference,
+    soft_clip_reference,
+)
 
 F64 = torch.float64
 SHAPES = [(), (7,), (5, 3), (4, 3, 5), (6, 3, 3, 3), (0,), (0, 4), (3, 0)]
@@ -60,7 +67,16 @@ def functions(clipping: float = 0.05):
             lambda g, p: adaptive_clip_(g, p, clipping),
             lambda g, p: adaptive_clip_reference(g, p, clipping),
         ),
+        "normalize": (
+            lambda g, p: normalize_gradient(g),
+            lambda g, p: normalize_gradient_(g),
+            lambda g, p: normalize_reference(g),
+        ),
     }
+
+
+UNIT_WISE = [name for name in GRADIENT_TRANSFORMS if name != "normalize"]
+"""The transforms that act on each output unit alone (normalisation divides by the whole tensor's norm)."""
 
 
 @pytest.mark.parametrize("name", list(GRADIENT_TRANSFORMS))
@@ -142,7 +158,7 @@ def test_zero_gradients_stay_zero():
         assert torch.equal(pure(torch.zeros(4, 3, dtype=F64), param), torch.zeros(4, 3, dtype=F64)), name
 
 
-@pytest.mark.parametrize("name", list(GRADIENT_TRANSFORMS))
+@pytest.mark.parametrize("name", UNIT_WISE)
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
 def test_non_finite_entries_stay_non_finite_and_other_units_are_untouched(name, bad):
     pure = functions()[name][0]
@@ -191,3 +207,55 @@ def test_an_eps_that_float32_norms_cannot_hold_is_refused(function, eps):
         function(grad, param, eps=eps)
     assert torch.equal(grad, before)
     assert function(grad.clone(), param, eps=1e38).isfinite().all()  # the largest floors still work
+
+
+# ------------------------------------------------------------------------------------ gradient normalisation
+@pytest.mark.parametrize("shape", [(), (7,), (5, 3), (6, 3, 3, 3)], ids=["0d", "1d", "2d", "4d-conv"])
+def test_normalized_gradient_has_unit_norm_and_keeps_the_direction(shape):
+    for seed, scale in enumerate((1e-6, 1.0, 1e4)):
+        grad, _ = pair(shape, seed, grad_scale=scale)
+        out = normalize_gradient(grad)
+        assert abs(float(out.norm()) - 1.0) < 1e-6 if scale >= 1.0 else float(out.norm()) < 1.0
+        torch.testing.assert_close(out * (grad.norm() + 1e-8), grad, rtol=1e-12, atol=1e-20)
+
+
+def test_normalize_divides_by_the_whole_tensor_not_by_units():
+    grad = torch.tensor([[3.0, 4.0], [0.0, 0.0]], dtype=F64)  # norm 5; one unit is zero
+    torch.testing.assert_close(normalize_gradient(grad), grad / (5.0 + 1e-8), rtol=1e-15, atol=0)
+    assert (normalize_gradient(grad) - normalize_reference(grad, mutation="normalize_rows")).abs().max() == 0.0
+    grad = torch.tensor([[3.0, 4.0], [1.0, 0.0]], dtype=F64)  # rows of different norms tell the two apart
+    assert (normalize_gradient(grad) - normalize_reference(grad, mutation="normalize_rows")).abs().max() > 0.1
+
+
+def test_normalize_float16_tiny_gradient_does_not_overflow():
+    """1 / (||g|| + eps) is 1e6 here, beyond float16's range: the division happens in float32."""
+    grad = torch.tensor([1e-6, 0.0], dtype=torch.float16)
+    out = normalize_gradient(grad)
+    assert out.dtype == torch.float16 and out.isfinite().all()
+    torch.testing.assert_close(out.float(), grad.float() / (grad.float().norm() + 1e-8), rtol=1e-3, atol=0)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_normalize_of_a_non_finite_gradient_stays_non_finite(bad):
+    grad, _ = pair((5, 4), 3)
+    grad[2, 1] = bad
+    for out in (normalize_gradient(grad), apply_gradient_transforms(grad, grad, ("normalize",), {})):
+        assert not out[2, 1].isfinite(), "an overflow must stay visible to a GradScaler"
+
+
+def test_normalize_on_a_stack_is_per_tensor():
+    """The engine's (k, units, width) stacks: one norm per tensor k, whatever the unit start says."""
+    stack = torch.randn(3, 4, 5, dtype=F64)
+    expected = torch.stack([normalize_reference(tensor) for tensor in stack])
+    out = GRADIENT_TRANSFORMS["normalize"](stack, stack, {}, 2)  # the units view's start: still per tensor
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("function", [normalize_gradient, normalize_gradient_])
+@pytest.mark.parametrize("eps", [3.5e38, 0.0, float("nan")])
+def test_normalize_refuses_an_eps_float32_cannot_hold(function, eps):
+    grad = torch.randn(3, 4)
+    before = grad.clone()
+    with pytest.raises(ValueError, match=r"^Invalid eps: "):
+        function(grad, eps=eps)
+    assert torch.equal(grad, before)

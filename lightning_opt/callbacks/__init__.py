@@ -4,6 +4,7 @@ from lightning_opt.callbacks.exact_accumulation import ExactAccumulation
 from lightning_opt.callbacks.gradient_hooks import (
     AdaptiveGradientClipping,
     GradientCentralization,
+    GradientNormalization,
     GradientTransformCallback,
     SoftClip,
 )
@@ -16,6 +17,7 @@ __all__ = [
     "AdaptiveGradientClipping",
     "ExactAccumulation",
     "GradientCentralization",
+    "GradientNormalization",
     "GradientTailMonitor",
     "GradientTransformCallback",
     "LossDriven",

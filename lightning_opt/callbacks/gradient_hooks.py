@@ -1,4 +1,4 @@
-"""Callbacks that rewrite ``p.grad`` before every optimizer step: soft clip, centralisation, AGC.
+"""Callbacks that rewrite ``p.grad`` before every optimizer step: soft clip, centralisation, AGC, normalisation.
 
 They work with any optimizer (``torch.optim``'s included) because they act on the gradients themselves,
 in ``on_before_optimizer_step``. At that point Lightning has already unscaled the gradients of a
@@ -38,9 +38,11 @@ from lightning_opt.callbacks.parameter_filter import ParameterFilter, Patterns
 from lightning_opt.transforms.gradient import (
     AGC_CLIPPING,
     AGC_EPS,
+    NORMALIZE_EPS,
     SOFT_CLIP_EPS,
     adaptive_clip_scale,
     centralize_,
+    normalize_gradient_,
     scale_units_,
     soft_clip_scale,
 )
@@ -268,6 +270,44 @@ class AdaptiveGradientClipping(GradientTransformCallback):
         scale = adaptive_clip_scale(grad, param, self.clipping, self.eps)
         scale_units_(grad, scale)
         return scale < 1
+
+
+class GradientNormalization(GradientTransformCallback):
+    """Divide each parameter's gradient by its norm, ``g / (||g|| + eps)`` (one norm per whole tensor).
+
+    Every selected tensor then hands the optimizer a gradient of norm (about) 1: its direction is kept and
+    its scale, large or tiny, is dropped. See :func:`~lightning_opt.transforms.gradient.normalize_gradient`.
+
+    Args:
+        eps: added to the norm (``1e-8``): a zero gradient stays zero; positive and representable in float32.
+        include: ``fnmatch`` patterns of the parameter names to normalise (default: all).
+        exclude: patterns of parameter names to leave alone.
+        name: the checkpoint ``state_key``'s name (default ``GradientNormalization``, plus the filter if any).
+
+    Example::
+
+        from lightning.pytorch import Trainer
+        from lightning_opt.callbacks import GradientNormalization
+
+        trainer = Trainer(callbacks=[GradientNormalization(exclude="*.bias")])
+
+    References:
+        arXiv:1711.02257, the reference the seed blog post gives for ``g / (||g|| + eps)``.
+    """
+
+    def __init__(
+        self,
+        eps: float = NORMALIZE_EPS,
+        include: Patterns = None,
+        exclude: Patterns = None,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(include, exclude, log_clipped_units=False, name=name)
+        self.eps = check_float32("eps", eps)
+
+    @override
+    def transform_(self, grad: torch.Tensor, param: torch.Tensor) -> None:
+        normalize_gradient_(grad, self.eps)
 
 
 def _default_name(class_name: str, parameter_filter: ParameterFilter) -> str:

@@ -20,6 +20,8 @@ from lightning_opt.transforms.gradient import (
     adaptive_clip_,
     centralize,
     centralize_,
+    normalize_gradient,
+    normalize_gradient_,
     soft_clip,
     soft_clip_,
 )
@@ -58,4 +60,6 @@ __all__ = [
     "soft_clip",
     "soft_clip_",
     "softplus_direction",
+    "normalize_gradient",
+    "normalize_gradient_",
 ]

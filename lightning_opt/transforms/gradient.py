@@ -1,4 +1,4 @@
-"""Gradient transforms that tame long tails: soft clipping, gradient centralisation, adaptive clipping.
+"""Gradient transforms that tame long tails: soft clipping, centralisation, adaptive clipping, normalisation.
 
 Each transform is written once, as a function of one gradient and its parameter, in two forms: a pure
 function that returns a new tensor (``soft_clip``...) and an in-place one that rewrites the gradient
@@ -12,7 +12,8 @@ function that returns a new tensor (``soft_clip``...) and an in-place one that r
 
 A *unit* is an output unit: for a tensor of two or more dimensions, one slice along the first dimension
 (a row of a ``Linear`` weight, an output channel of a convolution); a 0-d or 1-D tensor (a bias, a gain)
-is one unit. Norms are accumulated in at least float32, so bfloat16 and float16 gradients work.
+is one unit. Gradient normalisation is the exception: it divides by the norm of the whole tensor. Norms are
+accumulated in at least float32, so bfloat16 and float16 gradients work.
 
 Non-finite gradients stay non-finite: a unit holding an inf or NaN still holds a NaN or inf afterwards
 (its finite entries may come out as NaN or as 0), so that a GradScaler or ``skip_nonfinite=True`` still
@@ -40,6 +41,8 @@ AGC_EPS = 1e-3
 """NFNets' floor on a unit's parameter norm, so that zero-initialised units can still move."""
 AGC_GRAD_EPS = 1e-6
 """Floor on a unit's gradient norm in :func:`adaptive_clip`, to avoid dividing by zero."""
+NORMALIZE_EPS = 1e-8
+"""The ``eps`` of :func:`normalize_gradient`'s ``g / (||g|| + eps)`` (also inside the optimizers)."""
 
 
 def unit_start(tensor: torch.Tensor, start: int | None = None) -> int:
@@ -247,6 +250,51 @@ def _check_eps(eps: Scalar, default: float) -> None:
         check_float32("eps", eps)
 
 
+# ----------------------------------------------------------------------------- gradient normalisation
+def normalize_gradient_scale(
+    grad: torch.Tensor, eps: Scalar = NORMALIZE_EPS, start: int | None = None
+) -> torch.Tensor:
+    """The factor of :func:`normalize_gradient`, ``1 / (||g|| + eps)``, per tensor (kept dimensions), in at
+    least float32; ``start`` is the first dimension of a tensor (``None``: the whole of ``grad``; 1 for one of the
+    engine's stacks, :data:`~lightning_opt.transforms.reductions.PER_TENSOR`)."""
+    _check_eps(eps, NORMALIZE_EPS)
+    return 1.0 / (norm_from(grad, 0 if start is None else start) + eps)
+
+
+def normalize_gradient(grad: torch.Tensor, eps: Scalar = NORMALIZE_EPS, start: int | None = None) -> torch.Tensor:
+    """Divide the gradient of a tensor by its norm: ``g / (||g|| + eps)`` (block-normalised gradient).
+
+    Each tensor (a layer's weight, its bias) then moves by a step of a size set by the optimizer alone, whatever
+    the scale of its gradient: an exploding or vanishing layer gradient keeps only its direction. The norm is of
+    the whole tensor, not of its output units, and is accumulated in at least float32; the division is done in
+    that precision too, so a float16 gradient of tiny norm does not overflow.
+
+    Args:
+        grad: the gradient.
+        eps: added to the norm (``1e-8``): a zero gradient stays zero. A number given here must be positive
+            and representable in float32, or ``ValueError`` is raised.
+        start: for one of the engine's stacks ``(k, units, width)``, the first dimension of a tensor
+            (:data:`~lightning_opt.transforms.reductions.PER_TENSOR`); the default suits a plain tensor.
+
+    Returns:
+        A new tensor; see :func:`normalize_gradient_` for the in-place form.
+
+    Example:
+        >>> normalize_gradient(torch.tensor([[3.0, 0.0], [0.0, -4.0]]))  # norm 5
+        tensor([[ 0.6000,  0.0000],
+                [ 0.0000, -0.8000]])
+
+    References:
+        arXiv:1711.02257, the reference the seed blog post gives for ``g / (||g|| + eps)``.
+    """
+    return (grad * normalize_gradient_scale(grad, eps, start)).to(grad.dtype)
+
+
+def normalize_gradient_(grad: torch.Tensor, eps: Scalar = NORMALIZE_EPS, start: int | None = None) -> torch.Tensor:
+    """In-place :func:`normalize_gradient`; returns ``grad``."""
+    return grad.copy_(normalize_gradient(grad, eps, start))
+
+
 # ------------------------------------------------------------------------ transforms inside optimizers
 GradientTransform = Callable[[torch.Tensor, torch.Tensor, Mapping[str, Scalar], int], torch.Tensor]
 
@@ -254,11 +302,13 @@ GRADIENT_TRANSFORMS: dict[str, GradientTransform] = {
     "centralize": lambda grad, param, hp, start: centralize(grad, start) if start > PER_TENSOR else grad,
     "adaptive_clip": lambda grad, param, hp, start: adaptive_clip(grad, param, hp["agc_clipping"], start=start),
     "soft_clip": lambda grad, param, hp, start: soft_clip(grad, param, start=start),
+    "normalize": lambda grad, param, hp, start: normalize_gradient(grad, start=PER_TENSOR),
 }
 """The transforms an optimizer's ``grad_transforms`` may name, applied in the order named, as
 ``transform(grad, param, hyperparameters, start)`` on the engine's stacked tensors (``start``: the first
 dimension of a unit, :data:`~lightning_opt.transforms.reductions.PER_TENSOR` when a whole tensor is one
-unit). Each reads its hyper-parameters (``agc_clipping``) from the optimizer's parameter group."""
+unit). Each reads its hyper-parameters (``agc_clipping``) from the optimizer's parameter group; ``"normalize"``
+divides by the norm of each whole tensor whatever ``start`` says."""
 
 GradTransformsArg = Union[Sequence[str], str, None]
 
@@ -274,7 +324,7 @@ def check_grad_transforms(grad_transforms: GradTransformsArg) -> tuple[str, ...]
     Traceback (most recent call last):
     ...
     ValueError: Invalid grad_transforms: ['clip'] (unknown 'clip'; expected names from centralize, adaptive_clip, \
-soft_clip)
+soft_clip, normalize)
     """
     if grad_transforms is None:
         return ()
