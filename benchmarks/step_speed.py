@@ -31,6 +31,7 @@ import argparse
 import os
 import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -202,9 +203,12 @@ def step(candidate: Candidate, optimizer: torch.optim.Optimizer) -> None:
 
 def build_parser(names: list[str]) -> argparse.ArgumentParser:
     """The command line; ``names`` are the candidates, listed in ``--help``."""
+    # wrapped here, never inside a name: argparse's own wrapping breaks at hyphens ("AdamW-" / "fused+SoftClip")
+    candidates = textwrap.fill("candidates: " + ", ".join(names), width=100, break_on_hyphens=False)
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
-        epilog="candidates: " + ", ".join(names),
+        epilog=candidates,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--steps", type=int, default=30, help="timed steps per candidate")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per candidate (the first compiles)")
