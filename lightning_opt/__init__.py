@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from lightning_opt.factories import build_optimizer, param_groups_for_weight_decay
 from lightning_opt.optim import NSGDA, AdaLo, Adafactor, AdamAtan2
-from lightning_opt.optim.adam_family import PNM, AdaMomentum, AdaNorm, AdaPNM, DiffGrad, SAdam
+from lightning_opt.optim.adam_family import PNM, AdaMomentum, AdaNorm, AdaPNM, DiffGrad, Lamb, SAdam
 from lightning_opt.optim.amos import Amos
 from lightning_opt.optim.lookahead import Lookahead
 from lightning_opt.optim.muon import Muon, muon_param_groups
@@ -67,13 +67,14 @@ __all__ = [
     "SM3",
     "SMMF",
     "DiffGrad",
+    "Lamb",
     "PNM",
     "SAdam",
     "AdaptiveGradientClipping",
     "ExactAccumulation",
     "GradientCentralization",
-    "LossFeeder",
     "GradientNormalization",
+    "LossFeeder",
     "OptimizerSpec",
     "build_optimizer",
     "get_spec",

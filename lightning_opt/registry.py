@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from lightning_opt.optim import NSGDA, AdaLo, Adafactor, AdamAtan2
-from lightning_opt.optim.adam_family import PNM, AdaMomentum, AdaNorm, AdaPNM, DiffGrad, SAdam
+from lightning_opt.optim.adam_family import PNM, AdaMomentum, AdaNorm, AdaPNM, DiffGrad, Lamb, SAdam
 from lightning_opt.optim.amos import Amos
 from lightning_opt.optim.muon import Muon
 from lightning_opt.optim.sm3 import SM3
@@ -286,6 +286,7 @@ REGISTRY: dict[str, OptimizerSpec] = {
                 {"denominator": "atan2", "cautious": True, "weight_decay": 0.1, "lr": 1e-2},
                 {"nesterov": True, "cautious_weight_decay": True, "weight_decay": 0.1, "betas": (0.8, 0.95),
                  "lr": 1e-2},
+                {"stable_weight_decay": True, "weight_decay": 0.1, "lr": 1e-2},
             ),
             invalid_kwargs=_COMMON_INVALID + _FAMILY_INVALID + (({"nesterov": "true"}, "nesterov"),),
             state_buffers=3,
@@ -316,6 +317,7 @@ REGISTRY: dict[str, OptimizerSpec] = {
                 {},
                 {"eps": 1e-3, "denominator": "softplus", "cautious_weight_decay": True, "weight_decay": 0.1},
                 {"nesterov": True, "denominator": "atan2", "cautious": True, "betas": (0.0, 0.9)},
+                {"stable_weight_decay": True, "weight_decay": 0.1, "lr": 1e-2, "eps": 1e-3},
             ),
             invalid_kwargs=_COMMON_INVALID + _FAMILY_INVALID,
             state_buffers=2,
@@ -345,6 +347,7 @@ REGISTRY: dict[str, OptimizerSpec] = {
                 {"lr": 1e-2},
                 {"lr": 1e-2, "momentum": 0.5, "beta0": 0.5, "cautious": True, "cautious_weight_decay": True,
                  "weight_decay": 0.1},
+                {"lr": 0.1, "trust_ratio": True, "weight_decay": 0.1},
             ),
             invalid_kwargs=_COMMON_INVALID
             + (
@@ -366,12 +369,39 @@ REGISTRY: dict[str, OptimizerSpec] = {
                 {"lr": 1e-2},  # the bfloat16 test needs tensors that move by many ulps in 12 steps
                 {"beta0": 0.5, "denominator": "softplus", "cautious": True, "cautious_weight_decay": True,
                  "weight_decay": 0.1, "lr": 1e-2},
+                {"stable_weight_decay": True, "trust_ratio": True, "weight_decay": 0.1, "lr": 0.1},
             ),
             invalid_kwargs=_COMMON_INVALID + _FAMILY_INVALID + (({"beta0": float("inf")}, "beta0"),),
             state_buffers=4,
             memory_accesses=11,
             paper="arXiv:2103.17182",
             tags=("adam-family", "cautious"),
+        ),
+        OptimizerSpec(
+            name="Lamb",
+            cls=Lamb,
+            summary="Adam whose update (weight decay inside) is rescaled per tensor to min(||p||, 10) / ||u|| (LAMB)",
+            test_kwargs=(  # lr 0.1: the bfloat16 test needs tensors that move by many ulps in 12 steps
+                {"lr": 0.1},
+                {"lr": 0.1, "stable_weight_decay": True, "weight_decay": 0.1, "betas": (0.8, 0.95)},
+                {"lr": 0.1, "denominator": "atan2", "nesterov": True, "cautious": True, "cautious_weight_decay": True,
+                 "weight_decay": 0.1},
+                {"lr": 1e-2, "trust_ratio": False, "stable_weight_decay": True, "weight_decay": 0.1},
+                {"lr": 1e-2, "trust_ratio": False, "stable_weight_decay": True, "cautious_weight_decay": True,
+                 "weight_decay": 0.1, "grad_transforms": ("normalize", "centralize")},
+                {"lr": 0.1, "weight_decay": 0.0, "denominator": "softplus", "grad_transforms": ("normalize",)},
+            ),
+            invalid_kwargs=_COMMON_INVALID
+            + _FAMILY_INVALID
+            + (
+                ({"nesterov": "true"}, "nesterov"),
+                ({"trust_ratio": 1}, "trust_ratio"),
+                ({"stable_weight_decay": "yes"}, "stable_weight_decay"),
+            ),
+            state_buffers=2,
+            memory_accesses=10,  # a second pass over p, m and v after the two norms
+            paper="arXiv:1904.00962",
+            tags=("adam-family", "cautious", "normalised"),
         ),
         OptimizerSpec(
             name="Muon",

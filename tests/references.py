@@ -561,6 +561,11 @@ class AdamFamilyReference(Reference):
     (Ranger21's torch.nn.functional.softplus, threshold 20); SGD-type PNM: u = n.
     diffGrad (1909.11015): u = u sigmoid(|g_prev - g|), g_prev = 0 at the first step.
     Cautious mask, cautious weight decay and the update as in AdamAtan2Reference.
+    SWD (2011.11152, the authors' AdamS): wd is multiplied by s = 1 / (sqrt(mean v_hat) + eps), the mean over every
+    element of every tensor with a gradient in every group of the v_hat this step divides by (found by running the
+    step on a copy of the state first); the decay lr wd s p is capped at p (coefficient at most 1).
+    Trust ratio (LAMB, 1904.00962): u = u + wd p (cautious: only where u p > 0); r = min(||p||, 10) / ||u||, 1 if
+    either norm is 0; p = p - lr r u.
     """
 
     momentum_kind: ClassVar[str] = "ema"
@@ -578,7 +583,40 @@ class AdamFamilyReference(Reference):
         "pnm_no_swap",  # one momentum updated at every step
         "no_amsgrad",  # AdaPNM divides by v, not its running maximum
         "softplus_of_root_only",  # softplus(sqrt(v_hat)) without eps inside (matters only for a large eps)
+        "swd_previous_second_moment",  # SWD's mean from the v_hat of the previous step
+        "swd_per_group_mean",  # SWD's mean over the tensor's own group only
+        "trust_ratio_unclamped",  # no ceiling on ||p||
+        "trust_ratio_decay_outside",  # the decay applied to p outside the ratio (decoupled), not inside u
     )
+    swd_scales: dict[int, float] | None = None
+
+    def step(self, grads, loss=None):
+        """With SWD, first the same step on a copy of the state, to collect this step's v_hat of every tensor."""
+        self.swd_scales = None
+        swd = any(g.get("stable_weight_decay") and g["weight_decay"] for g in self.groups)
+        if swd and self.second_moment != "none":
+            saved_state = {key: dict(value) for key, value in self.state.items()}
+            saved_params = [list(group["params"]) for group in self.groups]
+            self.seen_second_moments: list[tuple[int, torch.Tensor]] = []
+            self.swd_scales = {}
+            super().step(grads, loss)  # a dry run: decays use a scale of 0 here
+            self.state = saved_state
+            for group, params in zip(self.groups, saved_params):
+                group["params"] = params
+            seen = self.seen_second_moments
+            if self.mutation == "swd_previous_second_moment":
+                seen = getattr(self, "previous_second_moments", seen)
+                self.previous_second_moments = self.seen_second_moments
+            scales = {}
+            for gi in range(len(self.groups)):
+                chosen = [v for i, v in seen if i == gi or self.mutation != "swd_per_group_mean"]
+                chosen = [v for v in chosen if bool(v.sum().isfinite())]  # a non-finite tensor is left out
+                total = sum(float(v.sum()) for v in chosen)
+                count = sum(v.numel() for v in chosen)
+                scales[gi] = 1.0 / (math.sqrt(total / count) + self.groups[0]["eps"]) if count else 0.0
+            self.swd_scales = scales
+            self.seen_second_moments = []
+        super().step(grads, loss)
 
     def init_state(self, p):
         state = {"exp_avg": torch.zeros_like(p)}
@@ -634,6 +672,8 @@ class AdamFamilyReference(Reference):
                 if mutation != "no_amsgrad":
                     v = state["max_exp_avg_sq"]
             root = torch.sqrt(v / (1.0 - beta2**t))
+            if self.swd_scales == {}:  # the dry run of SWD
+                self.seen_second_moments.append((self.groups.index(group), v / (1.0 - beta2**t)))
             eps = group["eps"]
             if group["denominator"] == "atan2":
                 u = 1.27 * torch.atan2(n, root)
@@ -650,11 +690,24 @@ class AdamFamilyReference(Reference):
             agree = (u * g > 0).to(F64)
             u = u * agree * (u.numel() / (agree.sum() + 1.0))
         lr, wd = group["lr"], group["weight_decay"]
+        if group.get("stable_weight_decay") and self.second_moment != "none":
+            wd = wd * (self.swd_scales or {}).get(self.groups.index(group), 0.0)
+            if not group.get("trust_ratio") and lr:
+                wd = min(wd, 1.0 / lr)  # the coefficient lr wd s at most 1
         if group["cautious_weight_decay"]:
-            decay = lr * wd * (u * p > 0).to(F64) * p
+            decay = wd * (u * p > 0).to(F64) * p
         else:
-            decay = lr * wd * p
-        return p - decay - lr * u
+            decay = wd * p
+        if group.get("trust_ratio"):
+            if self.mutation != "trust_ratio_decay_outside":
+                u, decay = u + decay, torch.zeros_like(p)
+            weight_norm = torch.sqrt(torch.sum(p * p))
+            if self.mutation != "trust_ratio_unclamped":
+                weight_norm = torch.clamp(weight_norm, max=10.0)
+            update_norm = torch.sqrt(torch.sum(u * u))
+            if weight_norm > 0 and update_norm > 0:
+                u = u * weight_norm / update_norm
+        return p - lr * decay - lr * u
 
 
 _ADAPTIVE_DEFAULTS = {
@@ -667,6 +720,8 @@ _ADAPTIVE_DEFAULTS = {
     "nesterov": False,
     "cautious": False,
     "cautious_weight_decay": False,
+    "trust_ratio": False,
+    "stable_weight_decay": False,
 }
 
 
@@ -702,10 +757,16 @@ class PNMReference(AdamFamilyReference):
         "weight_decay": 0.0,
         "cautious": False,
         "cautious_weight_decay": False,
+        "trust_ratio": False,
     }
     momentum_kind = "pnm"
     second_moment = "none"
     pnm_bias_correction = False
+
+
+class LambReference(AdamFamilyReference):
+    name = "Lamb"
+    defaults = {**_ADAPTIVE_DEFAULTS, "eps": 1e-6, "weight_decay": 0.01, "trust_ratio": True}
 
 
 class AdaPNMReference(AdamFamilyReference):
@@ -725,6 +786,7 @@ REFERENCES.update(
             AdaNormReference,
             PNMReference,
             AdaPNMReference,
+            LambReference,
         )
     }
 )
@@ -977,3 +1039,4 @@ class MuonReference(Reference):
 
 
 REFERENCES[MuonReference.name] = MuonReference
+

@@ -321,6 +321,10 @@ MUTANTS = [
     ("NSGDA", {"lr": 1e-2, "grad_transforms": ("centralize",)}, "gc_global_mean", F32),
     ("AdaLo", {"grad_transforms": ("soft_clip",), "mode": "compliant"}, "soft_clip_tensor_rms", F32),
     ("NSGDA", {"lr": 1e-2, "grad_transforms": ("adaptive_clip",), "agc_clipping": 0.05}, "agc_tensor_norm", F32),
+    ("PNM", {"lr": 1e-2, "grad_transforms": ("normalize",)}, "normalize_rows", F32),
+    ("Lamb", {"lr": 0.1, "weight_decay": 0.1}, "trust_ratio_decay_outside", F32),
+    ("DiffGrad", {"stable_weight_decay": True, "weight_decay": 1.0, "lr": 1e-2}, "swd_previous_second_moment", F32),
+    ("AdaPNM", {"stable_weight_decay": True, "weight_decay": 1.0, "lr": 1e-2}, "swd_per_group_mean", F32),
 ]
 
 
@@ -700,6 +704,7 @@ NONFINITE_SCOPE.update(
 )
 NONFINITE_SCOPE["SMMF"] = "reference"  # the factors' sums carry it to its row and column, then further
 NONFINITE_SCOPE["Adafactor"] = "tensor"  # factored rows and columns, and the update's RMS over the tensor
+NONFINITE_SCOPE["Lamb"] = "reference"  # per coordinate, but an inf update gives a trust ratio of 0 to the tensor
 NONFINITE_SCOPE["Muon"] = "tensor"  # a matrix is divided by its norm before Newton-Schulz (the bad tensors are matrices)
 
 

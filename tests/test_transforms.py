@@ -50,6 +50,17 @@ def _numerator_and_second_moment(generator, shape):
     return [numerator, second_moment]
 
 
+def _normalize_formula(grad, eps):
+    return grad / (torch.sqrt(torch.sum(grad * grad)) + eps)
+
+
+def _trust_ratio_formula(update, param, max_weight_norm):
+    """LAMB's u * min(||p||, max) / ||u||, or u where either norm is 0."""
+    weight_norm = min(float(torch.sqrt(torch.sum(param * param))), max_weight_norm)
+    update_norm = float(torch.sqrt(torch.sum(update * update)))
+    return update * (weight_norm / update_norm) if weight_norm > 0 and update_norm > 0 else update.clone()
+
+
 def _cautious_mask_formula(update, grad):
     mask = (update * grad > 0).to(F64)
     return update * mask * (update.numel() / (mask.sum() + 1.0))
@@ -121,8 +132,20 @@ CASES = {
         0,
         _normal(2),
     ),
+    "normalize_gradient": Case(transforms.normalize_gradient, _normalize_formula, (1e-3,), None, _normal(1)),
+    "normalize_gradient_": Case(transforms.normalize_gradient_, _normalize_formula, (1e-3,), 0, _normal(1)),
+    "trust_ratio": Case(transforms.trust_ratio, _trust_ratio_formula, (2.0,), None, _normal(2)),
+    "stable_weight_decay_": Case(
+        transforms.stable_weight_decay_, lambda p, lr_wd, scale: p * (1 - min(lr_wd * scale, 1.0)), (0.01, 7.0), 0,
+        _normal(1),
+    ),
+    "stable_weight_decay_capped": Case(
+        transforms.stable_weight_decay_, lambda p, lr_wd, scale: p * (1 - min(lr_wd * scale, 1.0)), (0.5, 3.0), 0,
+        _normal(1),
+    ),
 }
 DEDICATED = {"adaptive_direction", "cpr_", "friction_", "gradient_norm_correction_", "positive_negative_momentum_"}
+DEDICATED |= {"stable_weight_decay_scale", "whole_model_mean"}  # tests/test_stable_weight_decay.py
 """Public transforms with tests of their own below (several outputs, or arguments that are not numbers)."""
 # The gradient transforms (soft clip, GC, AGC) have their own module of tests: test_gradient_transforms.py.
 PUBLIC_FUNCTIONS = sorted(

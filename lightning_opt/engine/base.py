@@ -222,6 +222,13 @@ class BaseOptimizer(torch.optim.Optimizer):
     def begin_step(self, closure_loss: torch.Tensor | None) -> None:
         """Called once per step, before any group, with what the closure returned (loss-driven optimizers)."""
 
+    def step_statistics(self) -> dict[str, torch.Tensor]:
+        """Numbers of the whole model for this step, computed once before any group's update: named 0-d tensors
+        that every phase of every stack reads as hyper-parameters (SWD's mean second moment, over all groups and,
+        under torch.distributed, all ranks). None by default. Keep them on the device (no host sync); they are
+        copied to each stack's device."""
+        return {}
+
     def buffer_shapes(self, shape: torch.Size) -> dict[str, tuple[int, ...]]:
         """The shape of each state buffer of a parameter of ``shape``: the parameter's own by default.
 
@@ -267,6 +274,7 @@ class BaseOptimizer(torch.optim.Optimizer):
         if check is not None:  # a scheduler (or the user) may have changed a group's lr since the last step
             check_param_groups(self, check)
         self.begin_step(loss)
+        statistics = self.step_statistics()
         for index, group in enumerate(self.param_groups):
             hyperparameters = self.group_hyperparameters(group)
             if hyperparameters is None:
@@ -288,7 +296,7 @@ class BaseOptimizer(torch.optim.Optimizer):
                     else None
                 )
                 for chunk in chunks:
-                    self._step_chunk(chunk, group, numbers, group_values, flags, transforms)
+                    self._step_chunk(chunk, group, numbers, group_values, flags, transforms, statistics)
             if plan.empty:
                 torch._foreach_add_([self.state[p]["step"] for p in plan.empty], 1)
         return loss
@@ -346,9 +354,11 @@ class BaseOptimizer(torch.optim.Optimizer):
         group_values: Optional[torch.Tensor],
         flags: dict[str, Any],
         transforms: tuple[str, ...],
+        statistics: Optional[Mapping[str, torch.Tensor]] = None,
     ) -> None:
         """One step of a chunk of stacks of one kind: every phase of the update, compiled (one call for the
-        whole chunk) or eagerly, then the copied stacks' parameters written back."""
+        whole chunk) or eagerly, then the copied stacks' parameters written back. ``statistics``
+        (:meth:`step_statistics`) start what the phases carry."""
         params, grads, buffers, steps = [], [], [], []
         names = self._state_names(group)
         for stack in chunk:
@@ -376,7 +386,10 @@ class BaseOptimizer(torch.optim.Optimizer):
             for stack, param in zip(chunk, params):
                 apply_regularizer(regularizer, param.view(stack.units_shape()), {}, numbers, 2)  # type: ignore[arg-type]
             regularizers = ()
-        carried: list[dict[str, torch.Tensor]] = [{} for _ in chunk]
+        device = chunk[0].params[0].device
+        carried: list[dict[str, torch.Tensor]] = [
+            {name: value.to(device) for name, value in (statistics or {}).items()} for _ in chunk
+        ]
         for k, name in enumerate(self.phases):
             phase = getattr(type(self), name)
             # the first phase transforms the gradient; with later phases, it carries the result to them

@@ -40,14 +40,21 @@ from lightning_opt.transforms import (
 )
 from lightning_opt.transforms.acceleration import friction_, gradient_norm_correction_, momentum_second_moment_
 from lightning_opt.transforms.denominators import ATAN2_SCALE, DENOMINATORS, adaptive_direction
-from lightning_opt.transforms.gradient import AGC_CLIPPING, check_agc_clipping
+from lightning_opt.transforms.gradient import (
+    AGC_CLIPPING,
+    apply_gradient_transforms,
+    check_agc_clipping,
+    check_grad_transforms,
+)
 from lightning_opt.transforms.momentum import (
     nesterov_coefficients,
     nesterov_numerator,
     pnm_noise_norm,
     positive_negative_momentum_,
 )
-from lightning_opt.transforms.reductions import PER_TENSOR
+from lightning_opt.transforms.reductions import PER_TENSOR, sum_from
+from lightning_opt.transforms.trust_ratio import trust_ratio
+from lightning_opt.transforms.weight_decay import stable_weight_decay_, stable_weight_decay_scale_of_sums
 from lightning_opt.validation import (
     FLOAT32_MAX,
     check_betas,
@@ -71,6 +78,8 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "cautious": lambda value: check_bool("cautious", value),
     "cautious_weight_decay": lambda value: check_bool("cautious_weight_decay", value),
     "nesterov": lambda value: check_bool("nesterov", value),
+    "trust_ratio": lambda value: check_bool("trust_ratio", value),
+    "stable_weight_decay": lambda value: check_bool("stable_weight_decay", value),
     "agc_clipping": check_agc_clipping,
 }
 
@@ -133,6 +142,13 @@ class AdamFamily(BaseOptimizer):
         p <- p - lr * weight_decay * p                   (only where u p > 0: cautious_weight_decay)
         p <- p - lr * u
 
+    ``stable_weight_decay`` (SWD, arXiv:2011.11152) divides the decay by ``sqrt(mean(v_hat)) + eps``, the mean
+    over every element of the whole model (all groups; all ranks under torch.distributed) of the second moment
+    this step divides by, computed once per step before any update (:meth:`step_statistics`); the coefficient
+    ``lr * weight_decay / (sqrt(mean(v_hat)) + eps)`` is capped at 1. ``trust_ratio`` (LAMB, arXiv:1904.00962)
+    moves the decay inside the update, ``u <- u + weight_decay * p``, and rescales it per tensor,
+    ``u <- u * min(||p||, 10) / ||u||`` (1 where either norm is 0), before ``p <- p - lr * u``.
+
     Use a preset (:class:`DiffGrad`, :class:`AdaMomentum`, :class:`AdaNorm`, :class:`PNM`, :class:`AdaPNM`,
     :class:`SAdam`); a subclass chooses its pieces with the class attributes below and its arguments with
     :meth:`hyperparameter_names` and its ``__init__``.
@@ -188,6 +204,8 @@ class AdamFamily(BaseOptimizer):
             raise TypeError("AdamFamily is the family's configurable update: use a preset (DiffGrad, AdaMomentum, "
                             "AdaNorm, PNM, AdaPNM, SAdam) or a subclass with its own __init__")
         defaults = check(**hyperparameters, agc_clipping=agc_clipping)
+        if defaults.get("trust_ratio"):  # per-tensor norms: a sharded (FSDP2) tensor is refused
+            self.whole_tensor_statistics = True
         super().__init__(
             params,
             defaults,
@@ -249,6 +267,7 @@ class AdamFamily(BaseOptimizer):
             "step_size": -lr,
             "decay_factor": 1.0 - lr * weight_decay,
             "lr_times_decay": lr * weight_decay,
+            "weight_decay": weight_decay,
         }
         flags = {
             "momentum": cls.momentum_kind,
@@ -261,6 +280,8 @@ class AdamFamily(BaseOptimizer):
             "cautious": group["cautious"],
             "cautious_weight_decay": group["cautious_weight_decay"],
             "decay": weight_decay != 0.0,
+            "trust_ratio": group.get("trust_ratio", False),
+            "stable_weight_decay": _uses_stable_weight_decay(cls, group),
         }
         return numbers, flags
 
@@ -282,6 +303,39 @@ class AdamFamily(BaseOptimizer):
         if cls.second_moment != "none":
             values["root_scale"] = (1.0 - beta2**steps).rsqrt()
         return values
+
+    def step_statistics(self) -> dict[str, torch.Tensor]:
+        """SWD's ``swd_scale``, ``1 / (sqrt(mean(v_hat)) + eps)``, when a group uses ``stable_weight_decay``.
+
+        ``v_hat`` is the second moment this step's update divides by (after this step's transformed gradient
+        entered it; AMSGrad: the running maximum), over every tensor with a gradient in every group, computed
+        here before any update, out of place (the update computes it again). One sum per tensor stays on its
+        device; the step counts are read once, on the host; one all-reduce under torch.distributed
+        (:func:`~lightning_opt.transforms.weight_decay.whole_model_mean`). ``eps`` is the optimizer's default.
+        """
+        cls = type(self)
+        if not any(_uses_stable_weight_decay(cls, group) for group in self.param_groups):
+            return {}
+        sums, counts, steps, beta2s = [], [], [], []
+        for group in self.param_groups:
+            beta1, beta2 = self._betas(group)
+            transforms = check_grad_transforms(group["grad_transforms"])
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                grad = apply_gradient_transforms(param.grad, param, transforms, group)
+                state = self.state.get(param, {})
+                moment = _next_second_moment(cls, grad, state, beta1, beta2, group["eps"])
+                sums.append(sum_from(moment, 0).reshape(()))
+                counts.append(moment.numel())
+                steps.append(state["step"] if "step" in state else torch.zeros((), dtype=torch.float32))
+                beta2s.append(beta2)
+        if not sums:
+            return {}
+        corrections = 1.0 - torch.tensor(beta2s, dtype=torch.float64) ** (torch.stack(steps).double() + 1.0)
+        totals = torch.stack(sums)
+        totals = totals / corrections.to(totals.dtype).to(totals.device, non_blocking=True)
+        return {"swd_scale": stable_weight_decay_scale_of_sums(totals, counts, self.defaults["eps"])}
 
     # ------------------------------------------------------------------ the update
     @staticmethod
@@ -321,7 +375,20 @@ class AdamFamily(BaseOptimizer):
             direction.mul_(friction_(buffers["previous_grad"], grad))
         if flags["cautious"]:
             cautious_mask_(direction, grad, PER_TENSOR)
-        if flags["decay"]:
+        if flags["trust_ratio"]:
+            if flags["decay"]:  # LAMB: the decay inside the update, then one ratio per tensor
+                weight_decay = hp["weight_decay"]
+                if flags["stable_weight_decay"]:
+                    weight_decay = weight_decay * hp["swd_scale"]
+                decayed = param * (direction * param > 0) if flags["cautious_weight_decay"] else param
+                direction = direction + decayed * weight_decay
+            direction = trust_ratio(direction, param, start=PER_TENSOR)
+        elif flags["decay"] and flags["stable_weight_decay"]:
+            if flags["cautious_weight_decay"]:
+                cautious_weight_decay_(param, direction, (hp["lr_times_decay"] * hp["swd_scale"]).clamp_max(1.0))
+            else:
+                stable_weight_decay_(param, hp["lr_times_decay"], hp["swd_scale"])
+        elif flags["decay"]:
             if flags["cautious_weight_decay"]:
                 cautious_weight_decay_(param, direction, hp["lr_times_decay"])
             else:
@@ -332,6 +399,28 @@ class AdamFamily(BaseOptimizer):
 def _uses_nesterov(group: dict[str, Any]) -> bool:
     # With beta1 = 0 the first moment is the gradient itself and the look-ahead changes nothing.
     return bool(group.get("nesterov", False)) and AdamFamily._betas(group)[0] > 0.0
+
+
+def _uses_stable_weight_decay(cls: type[AdamFamily], group: dict[str, Any]) -> bool:
+    # SWD needs a second moment, and does nothing without weight decay.
+    return cls.second_moment != "none" and bool(group.get("stable_weight_decay")) and group["weight_decay"] != 0.0
+
+
+def _next_second_moment(
+    cls: type[AdamFamily], grad: torch.Tensor, state: dict[str, Any], beta1: float, beta2: float, eps: float
+) -> torch.Tensor:
+    """The second moment the update of this step will divide by, computed out of place with the update's own
+    pieces (state before the step; an empty state is zeros)."""
+    def buffer(name: str) -> torch.Tensor:
+        return state[name].clone() if name in state else torch.zeros_like(grad)
+
+    if cls.second_moment == "momentum":
+        moment = momentum_second_moment_(buffer("exp_avg_sq"), ema_(buffer("exp_avg"), grad, beta1), beta2, eps)
+    else:
+        moment = ema_sq_(buffer("exp_avg_sq"), grad, beta2)
+    if cls.amsgrad:
+        moment = torch.maximum(buffer("max_exp_avg_sq"), moment)
+    return moment
 
 
 def _hyperparameters(arguments: dict[str, Any]) -> dict[str, Any]:
@@ -364,6 +453,10 @@ class DiffGrad(AdamFamily):
         weight_decay: decoupled weight decay (AdamW style), multiplied by ``lr``.
         cautious: apply the cautious mask (arXiv:2411.16085) to the update.
         cautious_weight_decay: decay only where the update and the parameter agree in sign (arXiv:2510.12402).
+        trust_ratio: LAMB's layer-wise trust ratio (arXiv:1904.00962): the decay ``weight_decay * p`` inside the
+            update, then each tensor's update rescaled to ``min(||p||, 10) / ||u||`` (1 where either norm is 0).
+        stable_weight_decay: stable weight decay (SWD, arXiv:2011.11152): the decay divided by
+            ``sqrt(mean(v_hat)) + eps``, the mean over the whole model (every group, every rank), once per step.
         compile: fuse the update with ``torch.compile`` (same numbers, faster steps).
         skip_nonfinite: leave a tensor untouched (with a warning) when its gradient has inf or NaN.
         grad_transforms: gradient transforms applied in order before the update, without changing ``p.grad``:
@@ -394,6 +487,8 @@ class DiffGrad(AdamFamily):
         nesterov: bool = False,
         cautious: bool = False,
         cautious_weight_decay: bool = False,
+        trust_ratio: bool = False,
+        stable_weight_decay: bool = False,
         compile: bool = False,
         skip_nonfinite: bool = False,
         grad_transforms: Sequence[str] = (),
@@ -424,6 +519,10 @@ class SAdam(AdamFamily):
         weight_decay: decoupled weight decay (AdamW style), multiplied by ``lr``.
         cautious: apply the cautious mask (arXiv:2411.16085) to the update.
         cautious_weight_decay: decay only where the update and the parameter agree in sign (arXiv:2510.12402).
+        trust_ratio: LAMB's layer-wise trust ratio (arXiv:1904.00962): the decay ``weight_decay * p`` inside the
+            update, then each tensor's update rescaled to ``min(||p||, 10) / ||u||`` (1 where either norm is 0).
+        stable_weight_decay: stable weight decay (SWD, arXiv:2011.11152): the decay divided by
+            ``sqrt(mean(v_hat)) + eps``, the mean over the whole model (every group, every rank), once per step.
         compile: fuse the update with ``torch.compile`` (same numbers, faster steps).
         skip_nonfinite: leave a tensor untouched (with a warning) when its gradient has inf or NaN.
         grad_transforms: gradient transforms applied in order before the update, without changing ``p.grad``:
@@ -453,6 +552,8 @@ class SAdam(AdamFamily):
         nesterov: bool = False,
         cautious: bool = False,
         cautious_weight_decay: bool = False,
+        trust_ratio: bool = False,
+        stable_weight_decay: bool = False,
         compile: bool = False,
         skip_nonfinite: bool = False,
         grad_transforms: Sequence[str] = (),
@@ -484,6 +585,10 @@ class AdaMomentum(AdamFamily):
         weight_decay: decoupled weight decay (AdamW style), multiplied by ``lr``.
         cautious: apply the cautious mask (arXiv:2411.16085) to the update.
         cautious_weight_decay: decay only where the update and the parameter agree in sign (arXiv:2510.12402).
+        trust_ratio: LAMB's layer-wise trust ratio (arXiv:1904.00962): the decay ``weight_decay * p`` inside the
+            update, then each tensor's update rescaled to ``min(||p||, 10) / ||u||`` (1 where either norm is 0).
+        stable_weight_decay: stable weight decay (SWD, arXiv:2011.11152): the decay divided by
+            ``sqrt(mean(v_hat)) + eps``, the mean over the whole model (every group, every rank), once per step.
         compile: fuse the update with ``torch.compile`` (same numbers, faster steps).
         skip_nonfinite: leave a tensor untouched (with a warning) when its gradient has inf or NaN.
         grad_transforms: gradient transforms applied in order before the update, without changing ``p.grad``:
@@ -514,6 +619,8 @@ class AdaMomentum(AdamFamily):
         nesterov: bool = False,
         cautious: bool = False,
         cautious_weight_decay: bool = False,
+        trust_ratio: bool = False,
+        stable_weight_decay: bool = False,
         compile: bool = False,
         skip_nonfinite: bool = False,
         grad_transforms: Sequence[str] = (),
@@ -549,6 +656,10 @@ class AdaNorm(AdamFamily):
         weight_decay: decoupled weight decay (AdamW style), multiplied by ``lr``.
         cautious: apply the cautious mask (arXiv:2411.16085) to the update.
         cautious_weight_decay: decay only where the update and the parameter agree in sign (arXiv:2510.12402).
+        trust_ratio: LAMB's layer-wise trust ratio (arXiv:1904.00962): the decay ``weight_decay * p`` inside the
+            update, then each tensor's update rescaled to ``min(||p||, 10) / ||u||`` (1 where either norm is 0).
+        stable_weight_decay: stable weight decay (SWD, arXiv:2011.11152): the decay divided by
+            ``sqrt(mean(v_hat)) + eps``, the mean over the whole model (every group, every rank), once per step.
         compile: fuse the update with ``torch.compile`` (same numbers, faster steps).
         skip_nonfinite: leave a tensor untouched (with a warning) when its gradient has inf or NaN.
         grad_transforms: gradient transforms applied in order before the update, without changing ``p.grad``:
@@ -580,6 +691,8 @@ class AdaNorm(AdamFamily):
         norm_beta: float = 0.95,
         cautious: bool = False,
         cautious_weight_decay: bool = False,
+        trust_ratio: bool = False,
+        stable_weight_decay: bool = False,
         compile: bool = False,
         skip_nonfinite: bool = False,
         grad_transforms: Sequence[str] = (),
@@ -609,6 +722,8 @@ class PNM(AdamFamily):
         weight_decay: decoupled weight decay (AdamW style), multiplied by ``lr``.
         cautious: apply the cautious mask (arXiv:2411.16085) to the update.
         cautious_weight_decay: decay only where the update and the parameter agree in sign (arXiv:2510.12402).
+        trust_ratio: LAMB's layer-wise trust ratio (arXiv:1904.00962): the decay ``weight_decay * p`` inside the
+            update, then each tensor's update rescaled to ``min(||p||, 10) / ||u||`` (1 where either norm is 0).
         compile: fuse the update with ``torch.compile`` (same numbers, faster steps).
         skip_nonfinite: leave a tensor untouched (with a warning) when its gradient has inf or NaN.
         grad_transforms: gradient transforms applied in order before the update, without changing ``p.grad``:
@@ -639,6 +754,7 @@ class PNM(AdamFamily):
         weight_decay: float = 0.0,
         cautious: bool = False,
         cautious_weight_decay: bool = False,
+        trust_ratio: bool = False,
         compile: bool = False,
         skip_nonfinite: bool = False,
         grad_transforms: Sequence[str] = (),
@@ -671,6 +787,10 @@ class AdaPNM(AdamFamily):
         weight_decay: decoupled weight decay (AdamW style), multiplied by ``lr``.
         cautious: apply the cautious mask (arXiv:2411.16085) to the update.
         cautious_weight_decay: decay only where the update and the parameter agree in sign (arXiv:2510.12402).
+        trust_ratio: LAMB's layer-wise trust ratio (arXiv:1904.00962): the decay ``weight_decay * p`` inside the
+            update, then each tensor's update rescaled to ``min(||p||, 10) / ||u||`` (1 where either norm is 0).
+        stable_weight_decay: stable weight decay (SWD, arXiv:2011.11152): the decay divided by
+            ``sqrt(mean(v_hat)) + eps``, the mean over the whole model (every group, every rank), once per step.
         compile: fuse the update with ``torch.compile`` (same numbers, faster steps).
         skip_nonfinite: leave a tensor untouched (with a warning) when its gradient has inf or NaN.
         grad_transforms: gradient transforms applied in order before the update, without changing ``p.grad``:
@@ -702,6 +822,84 @@ class AdaPNM(AdamFamily):
         softplus_beta: float = 50.0,
         cautious: bool = False,
         cautious_weight_decay: bool = False,
+        trust_ratio: bool = False,
+        stable_weight_decay: bool = False,
+        compile: bool = False,
+        skip_nonfinite: bool = False,
+        grad_transforms: Sequence[str] = (),
+        agc_clipping: float = AGC_CLIPPING,
+    ) -> None:
+        super().__init__(params, **_hyperparameters(locals()))
+
+
+class Lamb(AdamFamily):
+    """LAMB: Adam whose update, weight decay included, is rescaled per tensor to the tensor's own norm.
+
+    ``u = m_hat / (sqrt(v_hat) + eps) + weight_decay * p``, then ``p <- p - lr * u * min(||p||, 10) / ||u||`` for
+    each tensor (the ratio is 1 where either norm is 0, so a zero-initialised bias moves by Adam's step): every
+    layer moves by ``lr`` times its own size, which lets one learning rate serve layers of very different
+    scales at large batch sizes. This is the family's update with ``trust_ratio=True`` (any preset can turn it
+    on); the other pieces combine with it. State: 2 tensors of the parameter's size (``exp_avg``,
+    ``exp_avg_sq``). The norms are over whole tensors, so Lamb refuses DTensor-sharded (FSDP2) parameters.
+
+    As the paper's Algorithm 2: bias-corrected moments, the weight decay inside ``u``, the ceiling 10 on
+    ``||p||`` (pytorch_optimizer's). pytorch_optimizer's ``Lamb`` (the tests' oracle) differs by default: it
+    divides the step by ``1 - beta1**t`` after the ratio (unless ``adam_debias=True``), decays the parameter
+    outside ``u`` (unless ``weight_decouple=False``), leaves ``v`` uncorrected and divides by ``||u|| + eps``.
+    With those two options, a negligible ``eps``, and no decay or ``betas = (0, 0)`` (where the corrections
+    are 1), it takes the same steps.
+
+    Args:
+        params: iterable of parameters or of dicts defining parameter groups.
+        lr: learning rate: each tensor moves by about ``lr * min(||p||, 10)`` per step.
+        betas: coefficients of the running averages of the gradient and of its square.
+        eps: added to ``sqrt(v_hat)`` (the paper's and pytorch_optimizer's ``1e-6``).
+        weight_decay: the decay ``weight_decay * p`` added to the update before the trust ratio (the paper's
+            0.01).
+        denominator: ``"eps"`` (``m_hat / (sqrt(v_hat) + eps)``), ``"atan2"`` (``1.27 * atan2(m_hat, sqrt(v_hat))``,
+            eps-free, arXiv:2407.05872) or ``"softplus"`` (``m_hat / softplus_beta(sqrt(v_hat) + eps)``, Sadam,
+            arXiv:1908.00700).
+        softplus_beta: the ``beta`` of the softplus denominator.
+        nesterov: the NAdam look-ahead ``beta1 m / (1 - beta1**(t+1)) + (1 - beta1) g / (1 - beta1**t)`` in place
+            of ``m / (1 - beta1**t)`` (``torch.optim.NAdam`` without its momentum schedule).
+        cautious: apply the cautious mask (arXiv:2411.16085) to the update.
+        cautious_weight_decay: add the decay only where the update and the parameter agree in sign
+            (arXiv:2510.12402).
+        trust_ratio: the layer-wise trust ratio; ``False`` leaves AdamW (decoupled decay, no ratio).
+        stable_weight_decay: stable weight decay (SWD, arXiv:2011.11152): the decay divided by
+            ``sqrt(mean(v_hat)) + eps``, the mean over the whole model (every group, every rank), once per step.
+        compile: fuse the update with ``torch.compile`` (same numbers, faster steps).
+        skip_nonfinite: leave a tensor untouched (with a warning) when its gradient has inf or NaN.
+        grad_transforms: gradient transforms applied in order before the update, without changing ``p.grad``:
+            ``"centralize"``, ``"adaptive_clip"``, ``"soft_clip"``, ``"normalize"``
+            (:mod:`lightning_opt.transforms.gradient`).
+        agc_clipping: the largest unit-wise gradient-to-parameter norm ratio of ``"adaptive_clip"``.
+
+    Example:
+        >>> model = torch.nn.Linear(4, 2)
+        >>> optimizer = Lamb(model.parameters(), lr=1e-2, weight_decay=0.01)
+        >>> model(torch.randn(8, 4)).square().mean().backward()
+        >>> optimizer.step()
+
+    References:
+        You et al., "Large Batch Optimization for Deep Learning: Training BERT in 76 minutes", ICLR 2020,
+        arXiv:1904.00962.
+    """
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-6,
+        weight_decay: float = 0.01,
+        denominator: str = "eps",
+        softplus_beta: float = 50.0,
+        nesterov: bool = False,
+        cautious: bool = False,
+        cautious_weight_decay: bool = False,
+        trust_ratio: bool = True,
+        stable_weight_decay: bool = False,
         compile: bool = False,
         skip_nonfinite: bool = False,
         grad_transforms: Sequence[str] = (),

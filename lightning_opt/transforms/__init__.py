@@ -27,10 +27,14 @@ from lightning_opt.transforms.gradient import (
 )
 from lightning_opt.transforms.moments import ema_, ema_sq_
 from lightning_opt.transforms.momentum import nesterov_numerator, positive_negative_momentum_
+from lightning_opt.transforms.trust_ratio import trust_ratio
 from lightning_opt.transforms.weight_decay import (
     cautious_weight_decay_,
     decoupled_weight_decay_,
     l2_regularised,
+    stable_weight_decay_,
+    stable_weight_decay_scale,
+    whole_model_mean,
 )
 
 __all__ = [
@@ -56,10 +60,14 @@ __all__ = [
     "momentum_second_moment_",
     "nesterov_numerator",
     "norm_loss_",
+    "normalize_gradient",
+    "normalize_gradient_",
     "positive_negative_momentum_",
     "soft_clip",
     "soft_clip_",
     "softplus_direction",
-    "normalize_gradient",
-    "normalize_gradient_",
+    "stable_weight_decay_",
+    "stable_weight_decay_scale",
+    "trust_ratio",
+    "whole_model_mean",
 ]
