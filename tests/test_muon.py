@@ -451,3 +451,43 @@ def test_users_own_lightning_cli_finds_the_short_name_ambiguous_and_takes_the_fu
     assert "Multiple subclasses with name Muon" in err and "lightning_opt.Muon" in err
     (optimizer,) = _cli("lightning_opt.Muon", tmp_path).trainer.optimizers
     assert type(optimizer) is Muon and int(optimizer.state[next(iter(optimizer.state))]["step"]) == 2
+
+
+def test_non_contiguous_and_bfloat16_matrices() -> None:
+    """A transposed (non-contiguous) weight steps like its contiguous copy; bfloat16 weights keep bfloat16 state
+    and move along the float32 run's motion from the same start (the common suite bounds bfloat16 per element)."""
+    transposed = nn.Parameter(0.1 * torch.randn(6, 4, generator=torch.Generator().manual_seed(0)).t())
+    contiguous = nn.Parameter(transposed.detach().contiguous())
+    assert not transposed.is_contiguous()
+    bf16 = nn.Parameter(contiguous.detach().to(torch.bfloat16))
+    start = bf16.detach().float()
+    from_start = nn.Parameter(start.clone())
+    params = (transposed, contiguous, bf16, from_start)
+    optimizers = [Muon([p], lr=3e-2) for p in params]
+    for step in range(4):
+        grad = _grads(step, [(4, 6)], torch.float32)[0]
+        for p, optimizer in zip(params, optimizers):
+            p.grad = grad.to(p.dtype)
+            optimizer.step()
+    assert torch.equal(transposed, contiguous)
+    assert {value.dtype for key, value in optimizers[2].state[bf16].items() if key != "step"} == {torch.bfloat16}
+    moved, expected = (bf16.detach().float() - start).flatten(), (from_start.detach() - start).flatten()
+    assert float(torch.nn.functional.cosine_similarity(moved, expected, dim=0)) > 0.95
+
+
+@pytest.mark.own_process  # a process group of its own, not left behind in the pytest process
+def test_sharded_dtensors_are_refused_with_a_clear_message(tmp_path: Path) -> None:
+    """Newton-Schulz needs the whole matrix, not a shard (FSDP2): refused at construction; replicated is fine."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        mesh = init_device_mesh("cpu", (1,))
+        sharded = nn.Parameter(distribute_tensor(torch.randn(4, 3), mesh, [Shard(0)]))
+        with pytest.raises(ValueError, match=r"^Invalid params: Muon computes statistics over whole tensors"):
+            Muon([sharded])
+        Muon([nn.Parameter(distribute_tensor(torch.randn(4, 3), mesh, [Replicate()]))])
+    finally:
+        dist.destroy_process_group()
