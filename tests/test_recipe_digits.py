@@ -177,7 +177,7 @@ def test_config_reaches_95_percent_with_default_hyperparameters(tmp_path: Path, 
     assert float(cli.trainer.callback_metrics["val_acc"]) >= 0.95
 
 
-ADAM_FAMILY = ["DiffGrad", "SAdam", "AdaMomentum", "AdaNorm", "PNM", "AdaPNM"]
+ADAM_FAMILY = ["DiffGrad", "SAdam", "AdaMomentum", "AdaNorm", "PNM", "AdaPNM", "Lamb"]
 
 
 @pytest.mark.slow
