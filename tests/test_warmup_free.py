@@ -217,14 +217,14 @@ def regression_data() -> TensorDataset:
 class Regression(pl.LightningModule):
     """A small MLP, a conv-shaped weight and an unused layer (no gradient ever), trained with torch's AdamW."""
 
-    def __init__(self, lr: float = 0.05, schedule: bool = True, optimizer: str = "AdamW") -> None:
+    def __init__(self, lr: float = 0.05, schedule: bool = True, optimizer: str = "AdamW", batch_size: int = 16) -> None:
         super().__init__()
         torch.manual_seed(0)
         self.net = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 2))
         self.kernel = nn.Parameter(torch.randn(3, 2, 2, 2) * 0.3)  # a 4-D weight, seen as (3, 8)
         self.unused = nn.Linear(4, 4)  # never in the forward: grad stays None
         self.frozen = nn.Parameter(torch.randn(3, 3), requires_grad=False)
-        self.lr, self.schedule, self.optimizer_name = lr, schedule, optimizer
+        self.lr, self.schedule, self.optimizer_name, self.batch_size = lr, schedule, optimizer, batch_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x) + 0.1 * (self.kernel.sum() * x[:, :2])
@@ -237,7 +237,10 @@ class Regression(pl.LightningModule):
         return make_optimizer(self, self.lr, self.schedule, self.optimizer_name)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(regression_data(), batch_size=16, shuffle=False)
+        data: Any = regression_data()
+        if self._trainer is not None and self.trainer.world_size > 1:  # rank r takes rows r, r + world, ...
+            data = torch.utils.data.Subset(data, range(self.trainer.global_rank, len(data), self.trainer.world_size))
+        return DataLoader(data, batch_size=self.batch_size, shuffle=False)
 
 
 def make_optimizer(module: nn.Module, lr: float, schedule: bool, name: str) -> Any:
@@ -447,6 +450,44 @@ def test_resume_from_a_checkpoint_is_bit_identical(tmp_path, power_iterations):
                              default_root_dir=tmp_path / "forgetful")
         trainer.fit(forgetful, ckpt_path=tmp_path / "stripped.ckpt")
         assert not torch.equal(forgetful.net[0].weight, whole.net[0].weight)
+
+
+class RankDump(pl.Callback):
+    """Each DDP rank writes its final weights and the warm-up-free callback's factors to ``rank<N>.pt``."""
+
+    def __init__(self, directory: Any) -> None:
+        self.directory = directory
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        bound = next(c for c in trainer.callbacks if isinstance(c, WarmupFreeScaling))
+        record = {
+            "weights": {n: p.detach().clone() for n, p in pl_module.named_parameters()},
+            "factors": dict(bound.last_factors),
+            "scaled_steps": bound.scaled_steps,
+            "steps": bound.steps,
+        }
+        torch.save(record, self.directory / f"rank{trainer.global_rank}.pt")
+
+
+@pytest.mark.own_process  # a fresh interpreter: ddp_fork cannot fork once CUDA is initialised
+@pytest.mark.parametrize("mode", ["per_layer", "global"])
+def test_ddp_ranks_take_the_same_bounded_steps_as_the_big_batch(tmp_path, mode):
+    """Two ranks of 16 rows each: the all-reduced gradient is the 32-row batch's, so every rank's steps, and
+    factors, are the single-process reference's, without any communication by the callback."""
+    steps = 4
+    fit(Regression(batch_size=16), [WarmupFreeScaling(tau=TAU, mode=mode), RankDump(tmp_path)], max_steps=steps,
+        strategy="ddp_fork_find_unused_parameters_true", devices=2,  # the unused layer
+        use_distributed_sampler=False)  # Lightning's would shuffle: the ranks split each 32-row batch instead
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert rank0["factors"] == rank1["factors"] and rank0["steps"] == rank1["steps"] == steps
+    for name in rank0["weights"]:
+        assert torch.equal(rank0["weights"][name], rank1["weights"][name]), name
+    expected, factors = plain_loop(steps, mode, TAU, matrices, batch_size=32)
+    for name, param in expected.named_parameters():
+        torch.testing.assert_close(rank0["weights"][name], param.detach(), rtol=1e-5, atol=1e-6)
+    assert rank0["scaled_steps"] > 0 and min(factors[-1]) < 1.0
+    unbounded, _ = plain_loop(steps, mode, 1e9, matrices, batch_size=32)  # the tolerance tells the two apart
+    assert (rank0["weights"]["net.0.weight"] - unbounded.net[0].weight.detach()).abs().max() > 1e-2
 
 
 def test_bfloat16_parameters():
