@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -394,6 +395,47 @@ def test_gradient_accumulation_and_logging():
     assert float(metrics["WarmupFreeScaling/factor/net.0.weight"]) == pytest.approx(
         callback.last_factors["net.0.weight"])
     assert 0.0 < float(metrics["WarmupFreeScaling/bounded"]) <= 1.0
+
+
+class FirstStepOverflows(Regression):
+    """The first batch's loss is inf: a GradScaler skips that step (the optimizer's step is never called)."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        loss = super().training_step(batch, batch_idx)
+        return loss * math.inf if batch_idx == 0 else loss
+
+
+def test_a_step_skipped_by_the_grad_scaler_is_not_measured():
+    module = FirstStepOverflows(schedule=False)
+    initial = {n: p.detach().clone() for n, p in module.named_parameters()}
+    callback = WarmupFreeScaling(tau=TAU)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+    fit(module, [callback], max_steps=3, plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)])
+    assert callback.steps == 2 and callback.scaled_steps > 0  # three optimizer steps, the first one skipped
+    assert all(torch.isfinite(p).all() for p in module.parameters())
+    assert not torch.equal(module.net[0].weight, initial["net.0.weight"])
+
+
+class Manual(Regression):
+    """The same training under manual optimization: the hooks are on the optimizer, so it is bounded too."""
+
+    def __init__(self) -> None:
+        super().__init__(schedule=False)
+        self.automatic_optimization = False
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        optimizer = self.optimizers()
+        optimizer.zero_grad()
+        self.manual_backward(super().training_step(batch, batch_idx))
+        optimizer.step()
+
+
+def test_manual_optimization_is_bounded_too():
+    module, callback = Manual(), WarmupFreeScaling(tau=TAU)
+    fit(module, [callback], max_steps=4)
+    expected, _ = plain_loop(4, "per_layer", TAU, matrices, schedule=False)
+    assert_same_parameters(module, expected)
+    assert callback.steps == 4 and callback.scaled_steps > 0
 
 
 def test_a_second_fit_does_not_register_the_hooks_twice():
