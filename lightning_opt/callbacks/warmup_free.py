@@ -259,7 +259,10 @@ class WarmupFreeScaling(Callback):
     steps with it, and the factor then shrinks that step, so the effective learning rate is
     ``min(lr_t, tau * sigma_1(W) / sigma_1(U))`` as in (2), with ``lr_t`` the scheduler's.
     ``LearningRateMonitor`` still shows ``lr_t``; the factors are logged separately. A step that a
-    GradScaler skips never reaches the optimizer, so nothing is measured or changed.
+    GradScaler skips never reaches the optimizer, so nothing is measured or changed. Manual optimization
+    is bounded too (the hooks fire on ``optimizer.step()`` whoever calls it). Around a wrapper such as
+    :class:`~lightning_opt.Lookahead` the step measured is the wrapper's, its synchronisation with the slow
+    weights included.
 
     Cost per optimizer step: one copy of the selected parameters (kept between steps), ``sigma_1`` of each
     measured weight and step (an SVD each, or ``power_iterations`` matrix-vector products each), one
