@@ -7,6 +7,7 @@ import copy
 import math
 import pickle
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -554,6 +555,26 @@ def test_bfloat16_parameters():
     fit(Bf16(), [callback], max_steps=3)
     assert all(p.dtype == torch.bfloat16 and torch.isfinite(p).all() for p in module.parameters())
     assert min(callback.last_factors.values()) < 1.0
+
+
+def test_the_config_overlay_trains_the_digits_recipe_and_logs_to_tensorboard(tmp_path, one_thread):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from lightning_opt.cli import main
+
+    try:
+        from tests.cli_args import fit_args
+    except ImportError:  # pytest's default "prepend" import mode puts tests/ itself on sys.path
+        from cli_args import fit_args
+    overlay = Path(__file__).resolve().parents[1] / "configs" / "callbacks" / "warmup_free.yaml"
+    extra = ["--config", str(overlay), "--optimizer", "AdamW", "--optimizer.lr", "0.01",
+             "--trainer.callbacks.mode", "global"]
+    assert main(fit_args(tmp_path, *extra, train_batches=3)) == 0
+    (events,) = list(tmp_path.rglob("events.out.tfevents.*"))
+    accumulator = EventAccumulator(str(events.parent), size_guidance={"scalars": 0}).Reload()
+    factors = [e.value for e in accumulator.Scalars("WarmupFreeScaling/factor_min")]
+    assert len(factors) == 3 and 0 < min(factors) < 1  # AdamW's first steps at lr 1e-2 are bounded
+    assert "WarmupFreeScaling/ratio_max" in accumulator.Tags()["scalars"]
 
 
 def test_exported_lazily_from_the_package():
