@@ -39,6 +39,12 @@ tensor's its absolute value. A tensor whose ``sigma_1(W_{t-1})`` is 0 (a zero-in
 bounded (factor 1): (3) would freeze it for ever. A step that is zero or not finite is left as the
 optimizer made it (factor 1, also in the global minimum), so that an overflow stays visible.
 
+What is the paper's here: the bound (2) on a step's ``sigma_1`` relative to the weights', from Weyl's
+inequality, and ``sigma_1`` estimated by warm-started power iteration. What is ours: ``tau``'s default, the
+choice of tensors bounded (matrices by default), the global factor as a minimum, applying the bound to the
+step of any optimizer after the fact, and the treatment of zero and non-finite steps; we worked from the
+paper's abstract and its public reviews, not from the authors' code.
+
 References:
     X. Qi, Y. He, J. Ye, C.-G. Li, B. Zi, X. Dai, Q. Zou, R. Xiao, "Taming Transformer Without Using
     Learning Rate Warmup", ICLR 2025, arXiv:2505.21910 (the bound (2) on the learning rate, AdamW^2).
