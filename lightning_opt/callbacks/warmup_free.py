@@ -36,8 +36,9 @@ A matrix is a parameter of two or more dimensions, viewed as ``(shape[0], -1)`` 
 channels against the rest). Tensors of fewer dimensions (biases, norm gains) are left alone by default;
 with ``matrices_only=False`` a 1-D tensor's ``sigma_1`` is its Euclidean norm (a one-row matrix) and a 0-d
 tensor's its absolute value. A tensor whose ``sigma_1(W_{t-1})`` is 0 (a zero-initialised matrix) is not
-bounded (factor 1): (3) would freeze it for ever. A step that is zero or not finite is left as the
-optimizer made it (factor 1, also in the global minimum), so that an overflow stays visible.
+bounded (its own factor is 1): (3) would freeze it for ever. Nor is a step that is zero or not finite (an
+overflow stays visible: inf and NaN entries stay inf and NaN). Such tensors do not count in the global
+minimum, but in the global mode they take the global factor as every other step does.
 
 What is the paper's here: the bound (2) on a step's ``sigma_1`` relative to the weights', from Weyl's
 inequality, and ``sigma_1`` estimated by warm-started power iteration. What is ours: ``tau``'s default, the
