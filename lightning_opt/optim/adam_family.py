@@ -460,7 +460,8 @@ class DiffGrad(AdamFamily):
         compile: fuse the update with ``torch.compile`` (same numbers, faster steps).
         skip_nonfinite: leave a tensor untouched (with a warning) when its gradient has inf or NaN.
         grad_transforms: gradient transforms applied in order before the update, without changing ``p.grad``:
-            ``"centralize"``, ``"adaptive_clip"``, ``"soft_clip"`` (:mod:`lightning_opt.transforms.gradient`).
+            ``"centralize"``, ``"adaptive_clip"``, ``"soft_clip"``, ``"normalize"``
+            (:mod:`lightning_opt.transforms.gradient`).
         agc_clipping: the largest unit-wise gradient-to-parameter norm ratio of ``"adaptive_clip"``.
 
     Example:
@@ -526,7 +527,8 @@ class SAdam(AdamFamily):
         compile: fuse the update with ``torch.compile`` (same numbers, faster steps).
         skip_nonfinite: leave a tensor untouched (with a warning) when its gradient has inf or NaN.
         grad_transforms: gradient transforms applied in order before the update, without changing ``p.grad``:
-            ``"centralize"``, ``"adaptive_clip"``, ``"soft_clip"`` (:mod:`lightning_opt.transforms.gradient`).
+            ``"centralize"``, ``"adaptive_clip"``, ``"soft_clip"``, ``"normalize"``
+            (:mod:`lightning_opt.transforms.gradient`).
         agc_clipping: the largest unit-wise gradient-to-parameter norm ratio of ``"adaptive_clip"``.
 
     Example:
@@ -592,7 +594,8 @@ class AdaMomentum(AdamFamily):
         compile: fuse the update with ``torch.compile`` (same numbers, faster steps).
         skip_nonfinite: leave a tensor untouched (with a warning) when its gradient has inf or NaN.
         grad_transforms: gradient transforms applied in order before the update, without changing ``p.grad``:
-            ``"centralize"``, ``"adaptive_clip"``, ``"soft_clip"`` (:mod:`lightning_opt.transforms.gradient`).
+            ``"centralize"``, ``"adaptive_clip"``, ``"soft_clip"``, ``"normalize"``
+            (:mod:`lightning_opt.transforms.gradient`).
         agc_clipping: the largest unit-wise gradient-to-parameter norm ratio of ``"adaptive_clip"``.
 
     Example:
@@ -663,7 +666,8 @@ class AdaNorm(AdamFamily):
         compile: fuse the update with ``torch.compile`` (same numbers, faster steps).
         skip_nonfinite: leave a tensor untouched (with a warning) when its gradient has inf or NaN.
         grad_transforms: gradient transforms applied in order before the update, without changing ``p.grad``:
-            ``"centralize"``, ``"adaptive_clip"``, ``"soft_clip"`` (:mod:`lightning_opt.transforms.gradient`).
+            ``"centralize"``, ``"adaptive_clip"``, ``"soft_clip"``, ``"normalize"``
+            (:mod:`lightning_opt.transforms.gradient`).
         agc_clipping: the largest unit-wise gradient-to-parameter norm ratio of ``"adaptive_clip"``.
 
     Example:
@@ -727,7 +731,8 @@ class PNM(AdamFamily):
         compile: fuse the update with ``torch.compile`` (same numbers, faster steps).
         skip_nonfinite: leave a tensor untouched (with a warning) when its gradient has inf or NaN.
         grad_transforms: gradient transforms applied in order before the update, without changing ``p.grad``:
-            ``"centralize"``, ``"adaptive_clip"``, ``"soft_clip"`` (:mod:`lightning_opt.transforms.gradient`).
+            ``"centralize"``, ``"adaptive_clip"``, ``"soft_clip"``, ``"normalize"``
+            (:mod:`lightning_opt.transforms.gradient`).
         agc_clipping: the largest unit-wise gradient-to-parameter norm ratio of ``"adaptive_clip"``.
 
     Example:
@@ -794,7 +799,8 @@ class AdaPNM(AdamFamily):
         compile: fuse the update with ``torch.compile`` (same numbers, faster steps).
         skip_nonfinite: leave a tensor untouched (with a warning) when its gradient has inf or NaN.
         grad_transforms: gradient transforms applied in order before the update, without changing ``p.grad``:
-            ``"centralize"``, ``"adaptive_clip"``, ``"soft_clip"`` (:mod:`lightning_opt.transforms.gradient`).
+            ``"centralize"``, ``"adaptive_clip"``, ``"soft_clip"``, ``"normalize"``
+            (:mod:`lightning_opt.transforms.gradient`).
         agc_clipping: the largest unit-wise gradient-to-parameter norm ratio of ``"adaptive_clip"``.
 
     Example:
