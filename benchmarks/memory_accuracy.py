@@ -137,12 +137,17 @@ def measure(candidate: Candidate, work: Path, epochs: int, vae_epochs: int) -> d
     }
 
 
+def per_param(value: float) -> str:
+    """Bytes per parameter: two significant digits below 1 (Amos keeps 4e-5), else two decimals."""
+    return f"{value:.2g}" if value < 1 else f"{value:.2f}"
+
+
 def table(records: list[dict[str, Any]]) -> str:
     rows = [
         [
-            f"`{r['optimizer']}`", f"{r['bytes_per_param_standard']:.3f}", f"{r['bytes_per_param_digits']:.2f}",
+            f"`{r['optimizer']}`", per_param(r["bytes_per_param_standard"]), per_param(r["bytes_per_param_digits"]),
             f"{r['digits_final_val_acc']:.3f}", f"{r['digits_best_val_acc']:.3f}",
-            f"{r['bytes_per_param_vae']:.2f}", f"{r['vae_val_loss']:.2f}", f"{r['vae_val_recon']:.2f}",
+            per_param(r["bytes_per_param_vae"]), f"{r['vae_val_loss']:.2f}", f"{r['vae_val_recon']:.2f}",
             f"{r['vae_val_kl']:.2f}",
         ]
         for r in records
