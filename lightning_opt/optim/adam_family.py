@@ -320,21 +320,29 @@ class AdamFamily(BaseOptimizer):
         for group in self.param_groups:
             beta1, beta2 = self._betas(group)
             transforms = check_grad_transforms(group["grad_transforms"])
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                grad = apply_gradient_transforms(param.grad, param, transforms, group)
-                state = self.state.get(param, {})
-                moment = _next_second_moment(cls, grad, state, beta1, beta2, group["eps"])
-                sums.append(sum_from(moment, 0).reshape(()))
-                counts.append(moment.numel())
+            stepping = [param for param in group["params"] if param.grad is not None]
+            states = [self.state.get(param, {}) for param in stepping]
+            if cls.second_moment == "grad" and not cls.amsgrad and not transforms:
+                # sum(v_t) = beta2 sum(v) + (1 - beta2) ||g||^2: two multi-tensor norms, no temporary
+                sums.append(_ema_sq_sums([param.grad for param in stepping], states, beta2))
+            elif stepping:
+                group_sums = []
+                for param, state in zip(stepping, states):
+                    grad = apply_gradient_transforms(param.grad, param, transforms, group)
+                    moment = _next_second_moment(cls, grad, state, beta1, beta2, group["eps"])
+                    group_sums.append(sum_from(moment, 0).reshape(()))
+                sums.append(torch.stack(group_sums))
+            for param, state in zip(stepping, states):
+                counts.append(param.numel())
                 steps.append(state["step"] if "step" in state else torch.zeros((), dtype=torch.float32))
                 beta2s.append(beta2)
+        sums = [group_sums for group_sums in sums if len(group_sums)]
         if not sums:
             return {}
+        device = sums[0].device
         corrections = 1.0 - torch.tensor(beta2s, dtype=torch.float64) ** (torch.stack(steps).double() + 1.0)
-        totals = torch.stack(sums)
-        totals = totals / corrections.to(totals.dtype).to(totals.device, non_blocking=True)
+        totals = torch.cat([group_sums.to(device) for group_sums in sums])
+        totals = totals / corrections.to(totals.dtype).to(device, non_blocking=True)
         return {"swd_scale": stable_weight_decay_scale_of_sums(totals, counts, self.defaults["eps"])}
 
     # ------------------------------------------------------------------ the update
@@ -404,6 +412,19 @@ def _uses_nesterov(group: dict[str, Any]) -> bool:
 def _uses_stable_weight_decay(cls: type[AdamFamily], group: dict[str, Any]) -> bool:
     # SWD needs a second moment, and does nothing without weight decay.
     return cls.second_moment != "none" and bool(group.get("stable_weight_decay")) and group["weight_decay"] != 0.0
+
+
+def _ema_sq_sums(grads: list[torch.Tensor], states: list[dict[str, Any]], beta2: float) -> torch.Tensor:
+    """Each tensor's ``sum(beta2 v + (1 - beta2) g^2)`` from its state before the step (no state: ``v = 0``), as
+    one vector, from two multi-tensor norms (``v >= 0``, so its L1 norm is its sum)."""
+    if not grads:
+        return torch.zeros(0)
+    device = grads[0].device
+    dtype = torch.float64 if any(grad.dtype == torch.float64 for grad in grads) else torch.float32
+    squares = torch.stack([norm.to(device) for norm in torch._foreach_norm(grads, 2, dtype=dtype)])
+    moments = [state.get("exp_avg_sq", grad.new_zeros(0)) for grad, state in zip(grads, states)]
+    previous = torch.stack([norm.to(device) for norm in torch._foreach_norm(moments, 1, dtype=dtype)])
+    return previous * beta2 + squares.square() * (1.0 - beta2)
 
 
 def _next_second_moment(
