@@ -144,7 +144,29 @@ CASES = {
         _normal(1),
     ),
 }
+CASES["grunwald_letnikov"] = Case(
+    transforms.grunwald_letnikov,
+    lambda g, past, alpha: g + sum(
+        (-1) ** j * math.gamma(alpha + 1) / (math.gamma(j + 1) * math.gamma(alpha - j + 1)) * past[j - 1]
+        for j in range(1, past.shape[0] + 1)
+    ),
+    (0.37,),
+    None,
+    lambda generator, shape: [
+        torch.randn(shape, generator=generator, dtype=F64),
+        torch.randn((3, *shape), generator=generator, dtype=F64),
+    ],
+)
+CASES["adaptive_memory_momentum_"] = Case(
+    transforms.adaptive_memory_momentum_,
+    lambda d, g, beta, lam: ((beta + lam) * d + (1 - beta) * g) / (1 + lam),
+    (0.3, 0.5),
+    0,
+    _normal(2),
+)
 DEDICATED = {"adaptive_direction", "cpr_", "friction_", "gradient_norm_correction_", "positive_negative_momentum_"}
+DEDICATED |= {"adaptive_memory_coefficient", "grunwald_letnikov_ring_"}  # below, and test_adaptive_memory.py /
+# test_fractional_adam.py against the numerically solved model and the newest-first sum
 DEDICATED |= {"stable_weight_decay_scale", "whole_model_mean"}  # tests/test_stable_weight_decay.py
 """Public transforms with tests of their own below (several outputs, or arguments that are not numbers)."""
 # The gradient transforms (soft clip, GC, AGC) have their own module of tests: test_gradient_transforms.py.
@@ -359,4 +381,41 @@ def test_cpr_warm_start_then_lagrange_steps_against_float64(shape, dtype):
         assert ours.dtype == dtype
         largest = max(largest, float(lagrange))
     if param.numel():
+
+
+# ------------------------------------------------------------------------- adaptive memory and fractional pieces
+def test_adaptive_memory_coefficient_per_tensor_of_a_stack_in_float64():
+    """((1 + lam) <g, d> - <d - g, g + lam d>) / ||d - g||^2 per tensor, clipped to [0, beta_max]; 0 where d = g;
+    bfloat16 inputs give a float32 coefficient, close to the float64 one."""
+    generator = torch.Generator().manual_seed(13)
+    g = torch.randn(4, 3, 5, generator=generator, dtype=F64)
+    d = torch.randn(4, 3, 5, generator=generator, dtype=F64)
+    d[1] = 2.0 * g[1]  # aligned and larger: clipped at beta_max
+    d[2] = g[2]  # equal: 0
+    lam, beta_max = 0.3, 0.8
+    out = transforms.adaptive_memory_coefficient(g, d, lam, beta_max, 1)
+    assert out.shape == (4, 1, 1) and out.dtype == F64
+    for i in range(4):
+        gi, di = g[i].flatten(), d[i].flatten()
+        square = float(((di - gi) ** 2).sum())
+        ratio = ((1 + lam) * float(gi @ di) - float((di - gi) @ (gi + lam * di))) / square if square else 0.0
+        expected = min(max(ratio, 0.0), beta_max) if square else 0.0
+        assert math.isclose(float(out[i]), expected, rel_tol=1e-12, abs_tol=1e-15)
+    assert float(out[1]) == beta_max and float(out[2]) == 0.0
+    half = transforms.adaptive_memory_coefficient(g.to(BF16), d.to(BF16), torch.tensor(lam), beta_max, 1)
+    assert half.dtype == F32
+    torch.testing.assert_close(half.double(), out, rtol=0.05, atol=0.05)
+
+
+def test_grunwald_letnikov_ring_writes_one_slot_per_tensor():
+    history = torch.arange(2 * 3 * 4, dtype=F64).view(2, 3, 4)  # k = 2 tensors, K = 3 slots of 4 elements
+    grad = torch.full((2, 4), -1.0, dtype=F64)
+    weights = [torch.tensor([[0.5], [0.0]], dtype=F64), 0.25, torch.tensor([[0.0], [1.0]], dtype=F64)]
+    expected = grad + torch.stack([0.5 * history[0, 0] + 0.25 * history[0, 1], 0.25 * history[1, 1] + history[1, 2]])
+    before = history.clone()
+    out = transforms.grunwald_letnikov_ring_(history, grad, weights, torch.tensor([[2.0], [0.0]], dtype=F64))
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=0)
+    after = before.clone()
+    after[0, 2], after[1, 0] = grad[0], grad[1]
+    assert torch.equal(history, after)
         assert largest > 0  # the tensor grew past its bound after the warm start: the multiplier acted

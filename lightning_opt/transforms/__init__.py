@@ -25,8 +25,14 @@ from lightning_opt.transforms.gradient import (
     soft_clip,
     soft_clip_,
 )
+from lightning_opt.transforms.fractional import grunwald_letnikov, grunwald_letnikov_ring_
 from lightning_opt.transforms.moments import ema_, ema_sq_
-from lightning_opt.transforms.momentum import nesterov_numerator, positive_negative_momentum_
+from lightning_opt.transforms.momentum import (
+    adaptive_memory_coefficient,
+    adaptive_memory_momentum_,
+    nesterov_numerator,
+    positive_negative_momentum_,
+)
 from lightning_opt.transforms.trust_ratio import trust_ratio
 from lightning_opt.transforms.weight_decay import (
     cautious_weight_decay_,
@@ -42,6 +48,8 @@ __all__ = [
     "adaptive_clip",
     "adaptive_clip_",
     "adaptive_direction",
+    "adaptive_memory_coefficient",
+    "adaptive_memory_momentum_",
     "add_scaled",
     "add_scaled_",
     "atan2_direction",
@@ -56,6 +64,8 @@ __all__ = [
     "eps_direction",
     "friction_",
     "gradient_norm_correction_",
+    "grunwald_letnikov",
+    "grunwald_letnikov_ring_",
     "l2_regularised",
     "momentum_second_moment_",
     "nesterov_numerator",

@@ -1,10 +1,12 @@
-"""First moments beyond the plain EMA (:func:`~lightning_opt.transforms.moments.ema_`): the NAdam look-ahead and
-positive-negative momentum.
+"""First moments beyond the plain EMA (:func:`~lightning_opt.transforms.moments.ema_`): the NAdam look-ahead,
+positive-negative momentum and adaptive-memory momentum.
 
 References:
     Dozat, "Incorporating Nesterov Momentum into Adam", ICLR 2016 workshop (NAdam).
     Xie et al., "Positive-Negative Momentum: Manipulating Stochastic Gradient Noise to Improve
     Generalization", arXiv:2103.17182 (PNM).
+    Topollai & Choromanska, "Adaptive Memory Momentum via a Model-Based Framework for Deep Learning
+    Optimization", arXiv:2510.04988 (AM).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import math
 import torch
 
 from lightning_opt.transforms.arith import Scalar, add_scaled, scaled
+from lightning_opt.transforms.reductions import sum_from
 
 
 def nesterov_coefficients(beta1: float, steps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,3 +84,63 @@ def positive_negative_momentum_(
     positive = neg_exp_avg + (exp_avg - neg_exp_avg) * odd
     negative = (exp_avg + neg_exp_avg).sub_(positive)
     return add_scaled(positive * pos_coef, negative, -neg_coef)
+
+
+def adaptive_memory_coefficient(
+    grad: torch.Tensor,
+    memory: torch.Tensor,
+    lam: Scalar,
+    beta_max: Scalar,
+    start: int = 0,
+    metric: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """AM's momentum coefficient ``beta_t = clip(((1 + lam) <g, d> - <d - g, g + lam d>) / ||d - g||**2, 0,
+    beta_max)``, per tensor (0 where ``d = g``, where every ``beta`` gives the same direction).
+
+    ``d`` (``memory``) is the previous direction, ``g`` the gradient. The loss is modelled by the larger of two
+    planes at the current point ``x``: the gradient's, ``f(x) + <g, y - x>``, and the memory's, ``f(x) + lr <g, d>
+    + <d, y - x>`` (the plane of slope ``d`` through the previous iterate ``x + lr d``, whose loss is estimated
+    from the gradient at ``x``). The proximal step on that model, with ``||y - x||**2 / (2 lr)`` and ``lam`` times
+    a proximal term around the heavy-ball point ``x - lr d``, moves along ``((beta + lam) d + (1 - beta) g) / (1 +
+    lam)`` (:func:`adaptive_memory_momentum_`), where ``beta``, the weight of the memory's plane, maximises the
+    dual, a concave quadratic: its zero derivative gives the ratio above; ``beta_max`` keeps some of the gradient.
+
+    Args:
+        grad: the gradient.
+        memory: the direction of the previous step.
+        lam: the weight ``lambda >= 0`` of the proximal term around the heavy-ball point.
+        beta_max: the largest coefficient, in ``[0, 1)``.
+        start: the first dimension of one tensor: 0 for a plain tensor,
+            :data:`~lightning_opt.transforms.reductions.PER_TENSOR` for the engine's stacks.
+        metric: positive weights of the inner products (a preconditioned step ``P^-1 d`` measures distances in
+            ``P``: ``metric = 1 / diag(P)``); ``None``: 1.
+
+    Returns:
+        ``beta_t`` in at least float32, with the reduced dimensions kept (size 1).
+
+    Example:
+        >>> adaptive_memory_coefficient(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]), 0.0, 0.9)
+        tensor([0.5000])
+    """
+    difference = memory - grad
+    weighted = difference if metric is None else difference * metric
+    mixed = grad * (1.0 + lam) * memory if metric is None else grad * (1.0 + lam) * memory * metric
+    numerator = sum_from(mixed - weighted * (grad + memory * lam), start)
+    square = sum_from(weighted * difference, start)
+    ratio = numerator / torch.where(square > 0, square, torch.ones_like(square))
+    return torch.where(square > 0, ratio.clamp(min=0.0).clamp(max=beta_max), torch.zeros_like(ratio))
+
+
+def adaptive_memory_momentum_(memory: torch.Tensor, grad: torch.Tensor, beta: Scalar, lam: Scalar) -> torch.Tensor:
+    """In place ``d <- ((beta + lam) d + (1 - beta) g) / (1 + lam)`` (AM's direction); returns ``memory``.
+
+    The two weights sum to one: with ``lam = 0`` an EMA with coefficient ``beta``; a larger ``lam`` keeps at
+    least ``lam / (1 + lam)`` of the memory.
+
+    Example:
+        >>> adaptive_memory_momentum_(torch.tensor([2.0]), torch.tensor([4.0]), 0.5, 1.0)
+        tensor([2.5000])
+    """
+    keep = (beta + lam) / (1.0 + lam)
+    take = (1.0 - beta) / (1.0 + lam)
+    return memory.mul_(keep).add_(grad * take)
