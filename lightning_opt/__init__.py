@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING, Any
 from lightning_opt.factories import build_optimizer, param_groups_for_weight_decay
 from lightning_opt.optim import NSGDA, AdaLo, Adafactor, AdamAtan2
 from lightning_opt.optim.adam_family import PNM, AdaMomentum, AdaNorm, AdaPNM, DiffGrad, Lamb, SAdam
+from lightning_opt.optim.adaptive_memory import AdaptiveMemoryAdamW, AdaptiveMemorySGD
 from lightning_opt.optim.amos import Amos
+from lightning_opt.optim.fractional_adam import FractionalAdam
 from lightning_opt.optim.lookahead import Lookahead
 from lightning_opt.optim.muon import Muon, muon_param_groups
 from lightning_opt.optim.sm3 import SM3
@@ -61,7 +63,10 @@ __all__ = [
     "AdaNorm",
     "AdaPNM",
     "AdamAtan2",
+    "AdaptiveMemoryAdamW",
+    "AdaptiveMemorySGD",
     "Amos",
+    "FractionalAdam",
     "Lookahead",
     "Muon",
     "SM3",

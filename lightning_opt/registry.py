@@ -14,7 +14,9 @@ import torch
 
 from lightning_opt.optim import NSGDA, AdaLo, Adafactor, AdamAtan2
 from lightning_opt.optim.adam_family import PNM, AdaMomentum, AdaNorm, AdaPNM, DiffGrad, Lamb, SAdam
+from lightning_opt.optim.adaptive_memory import AdaptiveMemoryAdamW, AdaptiveMemorySGD
 from lightning_opt.optim.amos import Amos
+from lightning_opt.optim.fractional_adam import FractionalAdam
 from lightning_opt.optim.muon import Muon
 from lightning_opt.optim.sm3 import SM3
 from lightning_opt.optim.smmf import SMMF
@@ -438,6 +440,88 @@ REGISTRY: dict[str, OptimizerSpec] = {
             memory_accesses=5,  # a matrix: read p, g, m; write m, p (plus the Newton-Schulz matrix products)
             paper="arXiv:2502.16982",
             tags=("orthogonalised", "matrix"),
+        ),
+        OptimizerSpec(
+            name="FractionalAdam",
+            cls=FractionalAdam,
+            summary="Adam on the Grunwald-Letnikov fractional-order gradient of the last K gradients",
+            test_kwargs=(
+                {"lr": 1e-2},  # the bfloat16 test needs tensors that move by many ulps in 12 steps
+                {"alpha": -0.6, "history": 3, "denominator": "atan2", "cautious": True, "weight_decay": 0.1,
+                 "lr": 1e-2},
+                {"alpha": 0.7, "history": 1, "nesterov": True, "denominator": "softplus",
+                 "cautious_weight_decay": True, "weight_decay": 0.1, "lr": 1e-2},
+            ),
+            invalid_kwargs=_COMMON_INVALID
+            + _FAMILY_INVALID
+            + (
+                ({"alpha": 1.0}, "alpha"),
+                ({"alpha": -1.5}, "alpha"),
+                ({"alpha": float("nan")}, "alpha"),
+                ({"history": 0}, "history"),
+                ({"history": 2.0}, "history"),
+                ({"history": True}, "history"),
+                ({"history": 65}, "history"),
+                ({"nesterov": "true"}, "nesterov"),
+            ),
+            state_buffers=6,  # exp_avg, exp_avg_sq and the K = 4 past gradients (one (K, units, width) buffer)
+            memory_accesses=12,  # read p, g, m, v and the K past gradients; write p, m, v and one slot
+            paper="Grunwald-Letnikov fractional-order gradient (Neural Processing Letters)",
+            tags=("adam-family", "cautious"),
+        ),
+        OptimizerSpec(
+            name="AdaptiveMemorySGD",
+            cls=AdaptiveMemorySGD,
+            summary="SGD whose momentum coefficient comes from a two-plane proximal model at every step (AM)",
+            test_kwargs=(
+                {"lr": 1e-2},
+                {"lr": 1e-2, "lam": 0.5, "cautious": True, "cautious_weight_decay": True, "weight_decay": 0.1},
+                {"lr": 1e-2, "lam": 0.0, "beta_max": 0.5, "weight_decay": 0.1, "grad_transforms": ("centralize",)},
+            ),
+            invalid_kwargs=_COMMON_INVALID
+            + (
+                ({"lam": -0.5}, "lam"),
+                ({"lam": float("inf")}, "lam"),
+                ({"beta_max": 1.0}, "beta_max"),
+                ({"beta_max": -0.1}, "beta_max"),
+                ({"cautious": 1}, "cautious"),
+                ({"cautious_weight_decay": "yes"}, "cautious_weight_decay"),
+                ({"lr": 1e8}, "lr"),
+                ({"lr": 1.0, "weight_decay": 2.0}, "weight_decay"),
+            ),
+            state_buffers=1,
+            memory_accesses=5,  # read p, g, d; write d, p (the two sums of the first phase read g and d again)
+            paper="arXiv:2510.04988",
+            tags=("adaptive-memory", "cautious"),
+        ),
+        OptimizerSpec(
+            name="AdaptiveMemoryAdamW",
+            cls=AdaptiveMemoryAdamW,
+            summary="AdamW whose first moment's coefficient comes from a two-plane proximal model at every step (AM)",
+            test_kwargs=(
+                {"lr": 1e-2},
+                {"lr": 1e-2, "lam": 0.5, "denominator": "atan2", "cautious": True, "weight_decay": 0.1},
+                {"lr": 1e-2, "denominator": "softplus", "eps": 1e-3, "cautious_weight_decay": True, "beta2": 0.9,
+                 "beta_max": 0.99, "weight_decay": 0.1},
+            ),
+            invalid_kwargs=_COMMON_INVALID
+            + (
+                ({"lam": -0.5}, "lam"),
+                ({"beta_max": 1.0}, "beta_max"),
+                ({"beta2": 1.0}, "beta2"),
+                ({"eps": 0.0}, "eps"),
+                ({"denominator": "sqrt"}, "denominator"),
+                ({"softplus_beta": 0.0}, "softplus_beta"),
+                ({"cautious": 1}, "cautious"),
+                ({"cautious_weight_decay": "yes"}, "cautious_weight_decay"),
+                ({"lr": 1e8}, "lr"),
+                ({"lr": 1e7, "denominator": "atan2"}, "lr"),
+                ({"lr": 1.0, "weight_decay": 2.0}, "weight_decay"),
+            ),
+            state_buffers=2,
+            memory_accesses=7,  # read p, g, m, v; write m, v, p (the first phase's sums read g, m, v again)
+            paper="arXiv:2510.04988",
+            tags=("adaptive-memory", "cautious"),
         ),
     )
 }

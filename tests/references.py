@@ -1040,3 +1040,148 @@ class MuonReference(Reference):
 
 REFERENCES[MuonReference.name] = MuonReference
 
+
+# ---------------------------------------------------------------------------------------------- FractionalAdam
+def gl_coefficient_reference(alpha: float, j: int) -> float:
+    """(-1)^j binom(alpha, j), the generalised binomial written as a product."""
+    value = 1.0
+    for i in range(j):
+        value *= (alpha - i) / (i + 1)
+    return (-1) ** j * value
+
+
+class FractionalAdamReference(AdamFamilyReference):
+    """The Adam family's update with g replaced by the Grunwald-Letnikov sum f = sum_{j=0..K} c_j g_{t-j},
+    c_j = (-1)^j binom(alpha, j), over the gradients there are (none before step 1). The past gradients are kept
+    as the package keeps them: K slots in the (units, width) view, g_t written to slot (t - 1) mod K."""
+
+    name = "FractionalAdam"
+    defaults = {
+        "lr": 1e-3,
+        "betas": (0.9, 0.999),
+        "eps": 1e-8,
+        "weight_decay": 0.0,
+        "alpha": 0.2,
+        "history": 4,
+        "denominator": "eps",
+        "softplus_beta": 50.0,
+        "nesterov": False,
+        "cautious": False,
+        "cautious_weight_decay": False,
+    }
+    mutations = (
+        "no_history",  # plain Adam on g
+        "history_reversed",  # the oldest gradient weighted as the newest
+        "alpha_sign",  # c_j = binom(alpha, j) without (-1)^j
+    )
+
+    def init_state(self, p):
+        group = next(g for g in self.groups if any(q is p for q in g["params"]))
+        return {**super().init_state(p), "grad_history": torch.zeros(group["history"], *unit_rows(p).shape, dtype=F64)}
+
+    def update(self, p, g, state, group, group_state):
+        t, history, alpha = state["step"], group["history"], group["alpha"]
+        slots = state["grad_history"]
+        f = g.clone()
+        if self.mutation != "no_history":
+            for j in range(1, min(history, t - 1) + 1):  # g_{t-j} sits in slot (t - j - 1) mod K
+                lag = history + 1 - j if self.mutation == "history_reversed" else j
+                c = gl_coefficient_reference(alpha, lag)
+                if self.mutation == "alpha_sign":
+                    c = abs(c)
+                f = f + c * slots[(t - j - 1) % history].reshape(g.shape)
+        slots[(t - 1) % history] = unit_rows(g)
+        return super().update(p, f, state, group, group_state)
+
+
+REFERENCES[FractionalAdamReference.name] = FractionalAdamReference
+
+
+# ---------------------------------------------------------------------------------------------- adaptive memory (AM)
+class AdaptiveMemorySGDReference(Reference):
+    """AM-SGD (2510.04988), per tensor: d_1 = g_1; then, with W = 1 (AM-AdamW: Adam's 1 / (sqrt(v_hat) + eps)),
+    beta = clip(((1 + lam) <g, W d> - <d - g, W (g + lam d)>) / <d - g, W (d - g)>, 0, beta_max) (0 where d = g),
+    d = ((beta + lam) d + (1 - beta) g) / (1 + lam). u = d (AM-AdamW: d / (sqrt(v_hat) + eps) or the chosen
+    denominator); cautious mask, cautious or decoupled weight decay and the step as in AdamAtan2Reference."""
+
+    name = "AdaptiveMemorySGD"
+    defaults = {
+        "lr": 0.1,
+        "beta_max": 0.9,
+        "lam": 0.1,
+        "weight_decay": 0.0,
+        "cautious": False,
+        "cautious_weight_decay": False,
+    }
+    mutations = (
+        "fixed_beta",  # beta = 0.9 at every step
+        "no_first_gradient",  # d starts at zero
+        "euclidean_metric",  # AM-AdamW's sums without Adam's weights
+        "no_loss_gap",  # the memory's plane through the current loss: no (1 + lam) <g, d> term
+        "no_beta_max",  # beta clipped to [0, 1]
+    )
+    adaptive: ClassVar[bool] = False
+
+    def init_state(self, p):
+        state = {"exp_avg": torch.zeros_like(p)}
+        if self.adaptive:
+            state["exp_avg_sq"] = torch.zeros_like(p)
+        return state
+
+    def update(self, p, g, state, group, group_state):
+        t, lam, d = state["step"], group["lam"], state["exp_avg"]
+        weights = torch.ones_like(g)
+        if self.adaptive:
+            beta2 = group["beta2"]
+            v = state["exp_avg_sq"] = beta2 * state["exp_avg_sq"] + (1.0 - beta2) * g * g
+            root = torch.sqrt(v / (1.0 - beta2**t))
+            if self.mutation != "euclidean_metric":
+                weights = 1.0 / (root + group["eps"])
+        if t == 1 and self.mutation != "no_first_gradient":
+            d = g.clone()
+        else:
+            diff = d - g
+            square = float(torch.sum(weights * diff * diff))
+            gap = 0.0 if self.mutation == "no_loss_gap" else (1.0 + lam) * float(torch.sum(weights * g * d))
+            numerator = gap - float(torch.sum(weights * diff * (g + lam * d)))
+            top = 1.0 if self.mutation == "no_beta_max" else group["beta_max"]
+            beta = min(max(numerator / square, 0.0), top) if square > 0 else 0.0
+            if self.mutation == "fixed_beta":
+                beta = 0.9
+            d = ((beta + lam) * d + (1.0 - beta) * g) / (1.0 + lam)
+        state["exp_avg"] = d
+        if self.adaptive:
+            if group["denominator"] == "atan2":
+                u = 1.27 * torch.atan2(d, root)
+            elif group["denominator"] == "softplus":
+                u = d / torch.nn.functional.softplus(root + group["eps"], beta=group["softplus_beta"])
+            else:
+                u = d / (root + group["eps"])
+        else:
+            u = d
+        if group["cautious"]:
+            agree = (u * g > 0).to(F64)
+            u = u * agree * (u.numel() / (agree.sum() + 1.0))
+        lr, wd = group["lr"], group["weight_decay"]
+        mask = (u * p > 0).to(F64) if group["cautious_weight_decay"] else 1.0
+        return p - lr * wd * mask * p - lr * u
+
+
+class AdaptiveMemoryAdamWReference(AdaptiveMemorySGDReference):
+    name = "AdaptiveMemoryAdamW"
+    defaults = {
+        "lr": 1e-3,
+        "beta_max": 0.9,
+        "beta2": 0.999,
+        "eps": 1e-8,
+        "lam": 0.1,
+        "weight_decay": 1e-2,
+        "denominator": "eps",
+        "softplus_beta": 50.0,
+        "cautious": False,
+        "cautious_weight_decay": False,
+    }
+    adaptive = True
+
+
+REFERENCES.update({cls.name: cls for cls in (AdaptiveMemorySGDReference, AdaptiveMemoryAdamWReference)})

@@ -177,11 +177,19 @@ def test_config_reaches_95_percent_with_default_hyperparameters(tmp_path: Path, 
     assert float(cli.trainer.callback_metrics["val_acc"]) >= 0.95
 
 
-ADAM_FAMILY = ["DiffGrad", "SAdam", "AdaMomentum", "AdaNorm", "PNM", "AdaPNM", "Lamb"]
+ADAM_FAMILY = ["DiffGrad", "SAdam", "AdaMomentum", "AdaNorm", "PNM", "AdaPNM", "Lamb", "FractionalAdam"]
+ADAPTIVE_MEMORY = ["AdaptiveMemorySGD", "AdaptiveMemoryAdamW"]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("optimizer", ADAM_FAMILY)
 def test_adam_family_reaches_95_percent_with_default_hyperparameters(tmp_path: Path, optimizer: str) -> None:
     """The presets of lightning_opt.optim.adam_family under the same config (PNM: its default lr 0.1)."""
+    test_config_reaches_95_percent_with_default_hyperparameters(tmp_path, optimizer)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("optimizer", ADAPTIVE_MEMORY)
+def test_adaptive_memory_reaches_95_percent_with_default_hyperparameters(tmp_path: Path, optimizer: str) -> None:
+    """AM-SGD (its default lr 0.1) and AM-AdamW (lr 1e-3, weight decay 1e-2) under the same config."""
     test_config_reaches_95_percent_with_default_hyperparameters(tmp_path, optimizer)
