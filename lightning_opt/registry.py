@@ -182,6 +182,8 @@ REGISTRY: dict[str, OptimizerSpec] = {
                 {"nesterov": True, "cautious": True, "cautious_weight_decay": True, "weight_decay": 0.1, "lr": 1e-2},
                 {"nesterov": True, "cautious": True, "cautious_weight_decay": True, "betas": (0.0, 0.9)},
                 {"grad_transforms": ("soft_clip", "adaptive_clip", "centralize"), "agc_clipping": 0.02, "lr": 1e-2},
+                {"stable_weight_decay": True, "weight_decay": 0.1, "lr": 1e-2, "cautious_weight_decay": True},
+                {"trust_ratio": True, "stable_weight_decay": True, "weight_decay": 0.1, "lr": 0.1, "a": 2.0},
             ),
             invalid_kwargs=_COMMON_INVALID
             + (
@@ -196,6 +198,8 @@ REGISTRY: dict[str, OptimizerSpec] = {
                 ({"lr": 1e7}, "lr"),  # lr * a * pi / 2 = 2e7, beyond 2**24
                 ({"a": 1e39}, "a"),  # beyond float32
                 ({"lr": 1.0, "weight_decay": 2.0}, "weight_decay"),  # decay factor 1 - lr * weight_decay < 0
+                ({"trust_ratio": "yes"}, "trust_ratio"),
+                ({"stable_weight_decay": 1}, "stable_weight_decay"),
             ),
             state_buffers=2,
             memory_accesses=7,

@@ -193,15 +193,88 @@ class Reference:
                 group["params"][pi] = self.update(p, g, state, group, self.group_state[gi])
 
 
+# ---------------------------------------------------------------------------------- SWD and LAMB's trust ratio
+class StableDecayReference(Reference):
+    r"""Stable weight decay and LAMB's trust ratio at the end of an Adam-type update (AdamAtan2, the Adam family).
+
+    SWD (2011.11152, the authors' AdamS): wd is multiplied by s = 1 / (sqrt(mean v_hat) + eps), the mean over every
+    element of every tensor with a gradient in every group of the v_hat this step divides by (found by running the
+    step on a copy of the state first; a tensor whose v_hat sums to a non-finite number is left out); the decay
+    lr wd s p is capped at p (coefficient at most 1). eps: the first group's, or 1e-8.
+    Trust ratio (LAMB, 1904.00962): u = u + wd p (cautious: only where u p > 0); r = min(||p||, 10) / ||u||, 1 if
+    either norm is 0; p = p - lr r u.
+    """
+
+    swd_scales: dict[int, float] | None = None
+
+    def uses_second_moment(self) -> bool:
+        return True
+
+    def record_second_moment(self, group: dict[str, Any], v_hat: torch.Tensor) -> None:
+        if self.swd_scales == {}:  # the dry run of SWD
+            self.seen_second_moments.append((self.groups.index(group), v_hat))
+
+    def step(self, grads, loss=None):
+        """With SWD, first the same step on a copy of the state, to collect this step's v_hat of every tensor."""
+        self.swd_scales = None
+        swd = any(g.get("stable_weight_decay") and g["weight_decay"] for g in self.groups)
+        if swd and self.uses_second_moment():
+            saved_state = {key: dict(value) for key, value in self.state.items()}
+            saved_params = [list(group["params"]) for group in self.groups]
+            self.seen_second_moments: list[tuple[int, torch.Tensor]] = []
+            self.swd_scales = {}
+            super().step(grads, loss)  # a dry run: decays use a scale of 0 here
+            self.state = saved_state
+            for group, params in zip(self.groups, saved_params):
+                group["params"] = params
+            seen = self.seen_second_moments
+            if self.mutation == "swd_previous_second_moment":
+                seen = getattr(self, "previous_second_moments", seen)
+                self.previous_second_moments = self.seen_second_moments
+            scales = {}
+            for gi in range(len(self.groups)):
+                chosen = [v for i, v in seen if i == gi or self.mutation != "swd_per_group_mean"]
+                chosen = [v for v in chosen if bool(v.sum().isfinite())]  # a non-finite tensor is left out
+                total = sum(float(v.sum()) for v in chosen)
+                count = sum(v.numel() for v in chosen)
+                scales[gi] = 1.0 / (math.sqrt(total / count) + self.groups[0].get("eps", 1e-8)) if count else 0.0
+            self.swd_scales = scales
+            self.seen_second_moments = []
+        super().step(grads, loss)
+
+    def decayed_step(self, p: torch.Tensor, u: torch.Tensor, group: dict[str, Any]) -> torch.Tensor:
+        """The new p from the update u (after the cautious mask) and the group's decay options."""
+        lr, wd = group["lr"], group["weight_decay"]
+        if group.get("stable_weight_decay") and self.uses_second_moment():
+            wd = wd * (self.swd_scales or {}).get(self.groups.index(group), 0.0)
+            if not group.get("trust_ratio") and lr:
+                wd = min(wd, 1.0 / lr)  # the coefficient lr wd s at most 1
+        if group["cautious_weight_decay"]:
+            decay = wd * (u * p > 0).to(F64) * p
+        else:
+            decay = wd * p
+        if group.get("trust_ratio"):
+            if self.mutation != "trust_ratio_decay_outside":
+                u, decay = u + decay, torch.zeros_like(p)
+            weight_norm = torch.sqrt(torch.sum(p * p))
+            if self.mutation != "trust_ratio_unclamped":
+                weight_norm = torch.clamp(weight_norm, max=10.0)
+            update_norm = torch.sqrt(torch.sum(u * u))
+            if weight_norm > 0 and update_norm > 0:
+                u = u * weight_norm / update_norm
+        return p - lr * decay - lr * u
+
+
 # ---------------------------------------------------------------------------------------------- AdamAtan2
-class AdamAtan2Reference(Reference):
+class AdamAtan2Reference(StableDecayReference):
     r"""Adam-atan2 (arXiv:2407.05872) with optional cautious mask, cautious weight decay and Nesterov.
 
     m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;  m_hat = m / (1-b1^t)  (Nesterov: b1 m / (1-b1^(t+1))
     + (1-b1) g / (1-b1^t));  v_hat = v / (1-b2^t);  u = a atan2(m_hat, b sqrt(v_hat));
     cautious (2411.16085): mask = [u g > 0], u = u mask numel / (sum(mask) + 1);
     decay: p = p - lr wd p  (cautious weight decay, 2510.12402 as written in ALGORITHMS.md:
-    only where u p > 0, u being the (masked) update);  then p = p - lr u.
+    only where u p > 0, u being the (masked) update);  then p = p - lr u.  With stable_weight_decay or trust_ratio:
+    StableDecayReference's end of the update.
     """
 
     name = "AdamAtan2"
@@ -214,6 +287,8 @@ class AdamAtan2Reference(Reference):
         "cautious": False,
         "cautious_weight_decay": False,
         "nesterov": False,
+        "trust_ratio": False,
+        "stable_weight_decay": False,
     }
     mutations = (
         "no_bias_correction1",  # m_hat = m
@@ -247,12 +322,15 @@ class AdamAtan2Reference(Reference):
         else:
             m_hat = m / bc1
         v_hat = v / bc2
+        self.record_second_moment(group, v / (1.0 - beta2**t))
         u = group["a"] * torch.atan2(m_hat, group["b"] * torch.sqrt(v_hat))
         unmasked = u
         if group["cautious"]:
             agree = (u * (m if mutation == "mask_against_momentum" else g) > 0).to(F64)
             scale = 1.0 if mutation == "mask_without_rescale" else u.numel() / (agree.sum() + 1.0)
             u = u * agree * scale
+        if group["trust_ratio"] or group["stable_weight_decay"]:
+            return self.decayed_step(p, u, group)
         lr, wd = group["lr"], group["weight_decay"]
         if mutation == "no_decay":
             wd = 0.0
@@ -548,7 +626,7 @@ REFERENCES[SMMFReference.name] = SMMFReference
 
 
 # ---------------------------------------------------------------------------------------------- the Adam family
-class AdamFamilyReference(Reference):
+class AdamFamilyReference(StableDecayReference):
     r"""The Adam family (lightning_opt.optim.adam_family), per tensor at step t, in textbook form:
 
     AdaNorm (2210.06364): e = r e + (1-r) ||g||; s = g e / ||g|| if e > ||g|| > 0 else g  (else s = g).
@@ -561,11 +639,7 @@ class AdamFamilyReference(Reference):
     (Ranger21's torch.nn.functional.softplus, threshold 20); SGD-type PNM: u = n.
     diffGrad (1909.11015): u = u sigmoid(|g_prev - g|), g_prev = 0 at the first step.
     Cautious mask, cautious weight decay and the update as in AdamAtan2Reference.
-    SWD (2011.11152, the authors' AdamS): wd is multiplied by s = 1 / (sqrt(mean v_hat) + eps), the mean over every
-    element of every tensor with a gradient in every group of the v_hat this step divides by (found by running the
-    step on a copy of the state first); the decay lr wd s p is capped at p (coefficient at most 1).
-    Trust ratio (LAMB, 1904.00962): u = u + wd p (cautious: only where u p > 0); r = min(||p||, 10) / ||u||, 1 if
-    either norm is 0; p = p - lr r u.
+    SWD and the trust ratio: StableDecayReference.
     """
 
     momentum_kind: ClassVar[str] = "ema"
@@ -588,36 +662,9 @@ class AdamFamilyReference(Reference):
         "trust_ratio_unclamped",  # no ceiling on ||p||
         "trust_ratio_decay_outside",  # the decay applied to p outside the ratio (decoupled), not inside u
     )
-    swd_scales: dict[int, float] | None = None
 
-    def step(self, grads, loss=None):
-        """With SWD, first the same step on a copy of the state, to collect this step's v_hat of every tensor."""
-        self.swd_scales = None
-        swd = any(g.get("stable_weight_decay") and g["weight_decay"] for g in self.groups)
-        if swd and self.second_moment != "none":
-            saved_state = {key: dict(value) for key, value in self.state.items()}
-            saved_params = [list(group["params"]) for group in self.groups]
-            self.seen_second_moments: list[tuple[int, torch.Tensor]] = []
-            self.swd_scales = {}
-            super().step(grads, loss)  # a dry run: decays use a scale of 0 here
-            self.state = saved_state
-            for group, params in zip(self.groups, saved_params):
-                group["params"] = params
-            seen = self.seen_second_moments
-            if self.mutation == "swd_previous_second_moment":
-                seen = getattr(self, "previous_second_moments", seen)
-                self.previous_second_moments = self.seen_second_moments
-            scales = {}
-            for gi in range(len(self.groups)):
-                chosen = [v for i, v in seen if i == gi or self.mutation != "swd_per_group_mean"]
-                chosen = [v for v in chosen if bool(v.sum().isfinite())]  # a non-finite tensor is left out
-                total = sum(float(v.sum()) for v in chosen)
-                count = sum(v.numel() for v in chosen)
-                scales[gi] = 1.0 / (math.sqrt(total / count) + self.groups[0]["eps"]) if count else 0.0
-            self.swd_scales = scales
-            self.seen_second_moments = []
-        super().step(grads, loss)
-
+    def uses_second_moment(self) -> bool:
+        return self.second_moment != "none"
     def init_state(self, p):
         state = {"exp_avg": torch.zeros_like(p)}
         if self.momentum_kind == "pnm":
@@ -672,8 +719,7 @@ class AdamFamilyReference(Reference):
                 if mutation != "no_amsgrad":
                     v = state["max_exp_avg_sq"]
             root = torch.sqrt(v / (1.0 - beta2**t))
-            if self.swd_scales == {}:  # the dry run of SWD
-                self.seen_second_moments.append((self.groups.index(group), v / (1.0 - beta2**t)))
+            self.record_second_moment(group, v / (1.0 - beta2**t))
             eps = group["eps"]
             if group["denominator"] == "atan2":
                 u = 1.27 * torch.atan2(n, root)
@@ -689,25 +735,7 @@ class AdamFamilyReference(Reference):
         if group["cautious"]:
             agree = (u * g > 0).to(F64)
             u = u * agree * (u.numel() / (agree.sum() + 1.0))
-        lr, wd = group["lr"], group["weight_decay"]
-        if group.get("stable_weight_decay") and self.second_moment != "none":
-            wd = wd * (self.swd_scales or {}).get(self.groups.index(group), 0.0)
-            if not group.get("trust_ratio") and lr:
-                wd = min(wd, 1.0 / lr)  # the coefficient lr wd s at most 1
-        if group["cautious_weight_decay"]:
-            decay = wd * (u * p > 0).to(F64) * p
-        else:
-            decay = wd * p
-        if group.get("trust_ratio"):
-            if self.mutation != "trust_ratio_decay_outside":
-                u, decay = u + decay, torch.zeros_like(p)
-            weight_norm = torch.sqrt(torch.sum(p * p))
-            if self.mutation != "trust_ratio_unclamped":
-                weight_norm = torch.clamp(weight_norm, max=10.0)
-            update_norm = torch.sqrt(torch.sum(u * u))
-            if weight_norm > 0 and update_norm > 0:
-                u = u * weight_norm / update_norm
-        return p - lr * decay - lr * u
+        return self.decayed_step(p, u, group)
 
 
 _ADAPTIVE_DEFAULTS = {

@@ -1,4 +1,5 @@
-"""Adam-atan2: Adam without eps, with optional cautious mask, cautious weight decay and Nesterov momentum."""
+"""Adam-atan2: Adam without eps, with optional cautious mask, cautious weight decay, Nesterov momentum, LAMB's
+trust ratio and stable weight decay."""
 
 from __future__ import annotations
 
@@ -10,16 +11,15 @@ import torch
 
 from lightning_opt.engine import BaseOptimizer, Flags, Hyperparameters
 from lightning_opt.engine.base import ParamsT
+from lightning_opt.optim.adam_family import decay_and_step_, stable_weight_decay_statistics
 from lightning_opt.transforms import (
     add_scaled,
-    add_scaled_,
     atan2_direction,
     cautious_mask_,
-    cautious_weight_decay_,
-    decoupled_weight_decay_,
     ema_,
     ema_sq_,
 )
+from lightning_opt.transforms.arith import scaled
 from lightning_opt.transforms.gradient import AGC_CLIPPING, check_agc_clipping
 from lightning_opt.transforms.reductions import PER_TENSOR
 from lightning_opt.validation import (
@@ -42,6 +42,8 @@ def check_hyperparameters(
     cautious_weight_decay: Any,
     nesterov: Any,
     agc_clipping: Any = AGC_CLIPPING,
+    trust_ratio: Any = False,
+    stable_weight_decay: Any = False,
 ) -> dict[str, Any]:
     """Validate AdamAtan2's hyper-parameters (one group's, or the defaults) and return them normalised.
 
@@ -67,6 +69,8 @@ below 2**24 = 16777216)
         cautious_weight_decay=check_bool("cautious_weight_decay", cautious_weight_decay),
         nesterov=check_bool("nesterov", nesterov),
         agc_clipping=check_agc_clipping(agc_clipping),
+        trust_ratio=check_bool("trust_ratio", trust_ratio),
+        stable_weight_decay=check_bool("stable_weight_decay", stable_weight_decay),
     )
 
 
@@ -82,7 +86,10 @@ class AdamAtan2(BaseOptimizer):
     ``nesterov`` replaces ``m / bc1`` by the NAdam look-ahead
     ``beta1 m / (1 - beta1**(t+1)) + (1 - beta1) g / bc1``; ``cautious`` zeroes the coordinates of ``u``
     whose sign disagrees with ``g`` and rescales the rest; ``cautious_weight_decay`` decays only the
-    coordinates where ``u`` and ``p`` share a sign.
+    coordinates where ``u`` and ``p`` share a sign. ``stable_weight_decay`` and ``trust_ratio`` are the Adam family's
+    (:class:`~lightning_opt.optim.adam_family.AdamFamily`): the decay divided by ``sqrt(mean(v_hat)) + 1e-8`` over
+    the whole model (SWD), and LAMB's ``u <- u + weight_decay * p`` rescaled per tensor to ``min(||p||, 10) / ||u||``
+    (with ``u = a * atan2(...)``).
 
     Args:
         params: iterable of parameters or of dicts defining parameter groups.
@@ -95,6 +102,8 @@ class AdamAtan2(BaseOptimizer):
         cautious_weight_decay: apply weight decay only where update and parameter agree in sign
             (arXiv:2510.12402).
         nesterov: use Nesterov momentum (NAdam look-ahead) in the numerator.
+        trust_ratio: LAMB's layer-wise trust ratio (arXiv:1904.00962).
+        stable_weight_decay: stable weight decay (SWD, arXiv:2011.11152), once per step over the whole model.
         compile: fuse the update with ``torch.compile`` (same numbers, faster steps).
         skip_nonfinite: leave a tensor untouched (with a warning) when its gradient has inf or NaN.
         grad_transforms: gradient transforms applied in order before the update, without changing
@@ -134,14 +143,19 @@ class AdamAtan2(BaseOptimizer):
         cautious: bool = False,
         cautious_weight_decay: bool = False,
         nesterov: bool = False,
+        trust_ratio: bool = False,
+        stable_weight_decay: bool = False,
         compile: bool = False,
         skip_nonfinite: bool = False,
         grad_transforms: Sequence[str] = (),
         agc_clipping: float = AGC_CLIPPING,
     ) -> None:
         defaults = check_hyperparameters(
-            lr, betas, weight_decay, a, b, cautious, cautious_weight_decay, nesterov, agc_clipping
+            lr, betas, weight_decay, a, b, cautious, cautious_weight_decay, nesterov, agc_clipping, trust_ratio,
+            stable_weight_decay,
         )
+        if defaults["trust_ratio"]:  # per-tensor norms: a sharded (FSDP2) tensor is refused
+            self.whole_tensor_statistics = True
         super().__init__(
             params,
             defaults,
@@ -159,14 +173,24 @@ class AdamAtan2(BaseOptimizer):
             "step_size": -lr * group["a"],
             "decay_factor": 1.0 - lr * weight_decay,
             "lr_times_decay": lr * weight_decay,
+            "a": group["a"],
+            "weight_decay": weight_decay,  # inside u under the trust ratio, where u = a * atan2(...) + wd * p
+            "trust_step_size": -lr,
         }
         flags = {
             "cautious": group["cautious"],
             "cautious_weight_decay": group["cautious_weight_decay"],
             "nesterov": _uses_nesterov(group),
             "decay": weight_decay != 0.0,
+            "trust_ratio": group.get("trust_ratio", False),
+            "stable_weight_decay": bool(group.get("stable_weight_decay")) and weight_decay != 0.0,
         }
         return numbers, flags
+
+    def step_statistics(self) -> dict[str, torch.Tensor]:
+        """SWD's ``swd_scale`` over the whole model when a group uses ``stable_weight_decay``
+        (:func:`~lightning_opt.optim.adam_family.stable_weight_decay_statistics`)."""
+        return stable_weight_decay_statistics(self)
 
     def tensor_hyperparameters(self, group: dict[str, Any], steps: torch.Tensor) -> dict[str, torch.Tensor]:
         beta1, beta2 = group["betas"]
@@ -192,12 +216,9 @@ class AdamAtan2(BaseOptimizer):
         direction = atan2_direction(numerator, exp_avg_sq, hp["denominator_scale"])
         if flags["cautious"]:
             cautious_mask_(direction, grad, PER_TENSOR)
-        if flags["decay"]:
-            if flags["cautious_weight_decay"]:
-                cautious_weight_decay_(param, direction, hp["lr_times_decay"])
-            else:
-                decoupled_weight_decay_(param, hp["decay_factor"])
-        add_scaled_(param, direction, hp["step_size"])
+        if flags["trust_ratio"]:  # LAMB's u is the whole step: a included (a ratio of 1 keeps it)
+            direction = scaled(direction, hp["a"])
+        decay_and_step_(param, direction, hp, flags)
 
 
 def _uses_nesterov(group: dict[str, Any]) -> bool:

@@ -54,7 +54,7 @@ from lightning_opt.transforms.momentum import (
 )
 from lightning_opt.transforms.reductions import PER_TENSOR, sum_from
 from lightning_opt.transforms.trust_ratio import trust_ratio
-from lightning_opt.transforms.weight_decay import stable_weight_decay_, stable_weight_decay_scale_of_sums
+from lightning_opt.transforms.weight_decay import SWD_EPS, stable_weight_decay_, stable_weight_decay_scale_of_sums
 from lightning_opt.validation import (
     FLOAT32_MAX,
     check_betas,
@@ -305,45 +305,10 @@ class AdamFamily(BaseOptimizer):
         return values
 
     def step_statistics(self) -> dict[str, torch.Tensor]:
-        """SWD's ``swd_scale``, ``1 / (sqrt(mean(v_hat)) + eps)``, when a group uses ``stable_weight_decay``.
-
-        ``v_hat`` is the second moment this step's update divides by (after this step's transformed gradient
-        entered it; AMSGrad: the running maximum), over every tensor with a gradient in every group, computed
-        here before any update, out of place (the update computes it again). One sum per tensor stays on its
-        device; the step counts are read once, on the host; one all-reduce under torch.distributed
-        (:func:`~lightning_opt.transforms.weight_decay.whole_model_mean`). ``eps`` is the optimizer's default.
-        """
+        """SWD's ``swd_scale``, ``1 / (sqrt(mean(v_hat)) + eps)`` over the whole model, when a group uses
+        ``stable_weight_decay`` (:func:`stable_weight_decay_statistics`)."""
         cls = type(self)
-        if not any(_uses_stable_weight_decay(cls, group) for group in self.param_groups):
-            return {}
-        sums, counts, steps, beta2s = [], [], [], []
-        for group in self.param_groups:
-            beta1, beta2 = self._betas(group)
-            transforms = check_grad_transforms(group["grad_transforms"])
-            stepping = [param for param in group["params"] if param.grad is not None]
-            states = [self.state.get(param, {}) for param in stepping]
-            if cls.second_moment == "grad" and not cls.amsgrad and not transforms:
-                # sum(v_t) = beta2 sum(v) + (1 - beta2) ||g||^2: two multi-tensor norms, no temporary
-                sums.append(_ema_sq_sums([param.grad for param in stepping], states, beta2))
-            elif stepping:
-                group_sums = []
-                for param, state in zip(stepping, states):
-                    grad = apply_gradient_transforms(param.grad, param, transforms, group)
-                    moment = _next_second_moment(cls, grad, state, beta1, beta2, group["eps"])
-                    group_sums.append(sum_from(moment, 0).reshape(()))
-                sums.append(torch.stack(group_sums))
-            for param, state in zip(stepping, states):
-                counts.append(param.numel())
-                steps.append(state["step"] if "step" in state else torch.zeros((), dtype=torch.float32))
-                beta2s.append(beta2)
-        sums = [group_sums for group_sums in sums if len(group_sums)]
-        if not sums:
-            return {}
-        device = sums[0].device
-        corrections = 1.0 - torch.tensor(beta2s, dtype=torch.float64) ** (torch.stack(steps).double() + 1.0)
-        totals = torch.cat([group_sums.to(device) for group_sums in sums])
-        totals = totals / corrections.to(totals.dtype).to(device, non_blocking=True)
-        return {"swd_scale": stable_weight_decay_scale_of_sums(totals, counts, self.defaults["eps"])}
+        return stable_weight_decay_statistics(self, cls.second_moment, cls.amsgrad)
 
     # ------------------------------------------------------------------ the update
     @staticmethod
@@ -383,25 +348,7 @@ class AdamFamily(BaseOptimizer):
             direction.mul_(friction_(buffers["previous_grad"], grad))
         if flags["cautious"]:
             cautious_mask_(direction, grad, PER_TENSOR)
-        if flags["trust_ratio"]:
-            if flags["decay"]:  # LAMB: the decay inside the update, then one ratio per tensor
-                weight_decay = hp["weight_decay"]
-                if flags["stable_weight_decay"]:
-                    weight_decay = weight_decay * hp["swd_scale"]
-                decayed = param * (direction * param > 0) if flags["cautious_weight_decay"] else param
-                direction = direction + decayed * weight_decay
-            direction = trust_ratio(direction, param, start=PER_TENSOR)
-        elif flags["decay"] and flags["stable_weight_decay"]:
-            if flags["cautious_weight_decay"]:
-                cautious_weight_decay_(param, direction, (hp["lr_times_decay"] * hp["swd_scale"]).clamp_max(1.0))
-            else:
-                stable_weight_decay_(param, hp["lr_times_decay"], hp["swd_scale"])
-        elif flags["decay"]:
-            if flags["cautious_weight_decay"]:
-                cautious_weight_decay_(param, direction, hp["lr_times_decay"])
-            else:
-                decoupled_weight_decay_(param, hp["decay_factor"])
-        add_scaled_(param, direction, hp["step_size"])
+        decay_and_step_(param, direction, hp, flags)
 
 
 def _uses_nesterov(group: dict[str, Any]) -> bool:
@@ -409,9 +356,95 @@ def _uses_nesterov(group: dict[str, Any]) -> bool:
     return bool(group.get("nesterov", False)) and AdamFamily._betas(group)[0] > 0.0
 
 
+def decay_and_step_(param: torch.Tensor, direction: torch.Tensor, hp: Hyperparameters, flags: Flags) -> None:
+    """The end of an Adam-type update: the weight decay (decoupled, cautious, stable) and ``p <- p + step_size * u``;
+    or, with the ``trust_ratio`` flag, LAMB's ``u <- u + weight_decay * p`` (cautious: where ``u p > 0``) rescaled
+    per tensor by :func:`~lightning_opt.transforms.trust_ratio.trust_ratio` and ``p <- p + trust_step_size * u``.
+
+    Reads ``step_size``, ``decay_factor``, ``lr_times_decay``, ``weight_decay``, ``swd_scale`` (with the
+    ``stable_weight_decay`` flag; from :func:`stable_weight_decay_statistics`) and ``trust_step_size`` (where the
+    direction's own scale cancels in the ratio; ``step_size`` if absent) from ``hp``; the flags ``decay``,
+    ``cautious_weight_decay``, ``stable_weight_decay`` and ``trust_ratio``. Shared by the family and
+    :class:`~lightning_opt.optim.adam_atan2.AdamAtan2`.
+    """
+    if flags["trust_ratio"]:
+        if flags["decay"]:  # LAMB: the decay inside the update, then one ratio per tensor
+            weight_decay = hp["weight_decay"]
+            if flags["stable_weight_decay"]:
+                weight_decay = weight_decay * hp["swd_scale"]
+            decayed = param * (direction * param > 0) if flags["cautious_weight_decay"] else param
+            direction = direction + decayed * weight_decay
+        step_size = hp["trust_step_size"] if "trust_step_size" in hp else hp["step_size"]
+        add_scaled_(param, trust_ratio(direction, param, start=PER_TENSOR), step_size)
+        return
+    if flags["decay"] and flags["stable_weight_decay"]:
+        if flags["cautious_weight_decay"]:
+            cautious_weight_decay_(param, direction, (hp["lr_times_decay"] * hp["swd_scale"]).clamp_max(1.0))
+        else:
+            stable_weight_decay_(param, hp["lr_times_decay"], hp["swd_scale"])
+    elif flags["decay"]:
+        if flags["cautious_weight_decay"]:
+            cautious_weight_decay_(param, direction, hp["lr_times_decay"])
+        else:
+            decoupled_weight_decay_(param, hp["decay_factor"])
+    add_scaled_(param, direction, hp["step_size"])
+
+
+def stable_weight_decay_statistics(
+    optimizer: BaseOptimizer, second_moment: str = "grad", amsgrad: bool = False
+) -> dict[str, torch.Tensor]:
+    """SWD's ``swd_scale`` for an Adam-type optimizer whose groups have ``betas`` (or ``momentum``),
+    ``weight_decay``, ``stable_weight_decay`` and ``grad_transforms``: ``1 / (sqrt(mean(v_hat)) + eps)``
+    (:func:`~lightning_opt.transforms.weight_decay.stable_weight_decay_scale_of_sums`), or nothing when no group
+    uses it. ``eps`` is the optimizer's default ``eps`` (``1e-8`` without one).
+
+    ``v_hat`` is the second moment this step's update divides by (after this step's transformed gradient entered
+    it; ``second_moment="momentum"``: AdaMomentum's; ``amsgrad``: the running maximum), over every tensor with a
+    gradient in every group, computed before any update, out of place (the update computes it again): for a
+    second moment of ``g`` without transforms or AMSGrad, from two multi-tensor norms; otherwise one sum per
+    tensor. The sums stay on the device, the step counts are read once on the host, and one all-reduce runs under
+    torch.distributed (:func:`~lightning_opt.transforms.weight_decay.whole_model_mean`).
+    """
+    if second_moment == "none" or not any(_swd_group(group) for group in optimizer.param_groups):
+        return {}
+    sums, counts, steps, beta2s = [], [], [], []
+    for group in optimizer.param_groups:
+        beta1, beta2 = AdamFamily._betas(group)
+        transforms = check_grad_transforms(group["grad_transforms"])
+        stepping = [param for param in group["params"] if param.grad is not None]
+        states = [optimizer.state.get(param, {}) for param in stepping]
+        if second_moment == "grad" and not amsgrad and not transforms:
+            # sum(v_t) = beta2 sum(v) + (1 - beta2) ||g||^2: two multi-tensor norms, no temporary
+            sums.append(_ema_sq_sums([param.grad for param in stepping], states, beta2))
+        elif stepping:
+            group_sums = []
+            for param, state in zip(stepping, states):
+                grad = apply_gradient_transforms(param.grad, param, transforms, group)
+                moment = _next_second_moment(second_moment, amsgrad, grad, state, beta1, beta2, group.get("eps", 0.0))
+                group_sums.append(sum_from(moment, 0).reshape(()))
+            sums.append(torch.stack(group_sums))
+        for param, state in zip(stepping, states):
+            counts.append(param.numel())
+            steps.append(state["step"] if "step" in state else torch.zeros((), dtype=torch.float32))
+            beta2s.append(beta2)
+    sums = [group_sums for group_sums in sums if len(group_sums)]
+    if not sums:
+        return {}
+    device = sums[0].device
+    corrections = 1.0 - torch.tensor(beta2s, dtype=torch.float64) ** (torch.stack(steps).double() + 1.0)
+    totals = torch.cat([group_sums.to(device) for group_sums in sums])
+    totals = totals / corrections.to(totals.dtype).to(device, non_blocking=True)
+    return {"swd_scale": stable_weight_decay_scale_of_sums(totals, counts, optimizer.defaults.get("eps", SWD_EPS))}
+
+
+def _swd_group(group: dict[str, Any]) -> bool:
+    # SWD does nothing without weight decay.
+    return bool(group.get("stable_weight_decay")) and group["weight_decay"] != 0.0
+
+
 def _uses_stable_weight_decay(cls: type[AdamFamily], group: dict[str, Any]) -> bool:
     # SWD needs a second moment, and does nothing without weight decay.
-    return cls.second_moment != "none" and bool(group.get("stable_weight_decay")) and group["weight_decay"] != 0.0
+    return cls.second_moment != "none" and _swd_group(group)
 
 
 def _ema_sq_sums(grads: list[torch.Tensor], states: list[dict[str, Any]], beta2: float) -> torch.Tensor:
@@ -428,18 +461,24 @@ def _ema_sq_sums(grads: list[torch.Tensor], states: list[dict[str, Any]], beta2:
 
 
 def _next_second_moment(
-    cls: type[AdamFamily], grad: torch.Tensor, state: dict[str, Any], beta1: float, beta2: float, eps: float
+    second_moment: str,
+    amsgrad: bool,
+    grad: torch.Tensor,
+    state: dict[str, Any],
+    beta1: float,
+    beta2: float,
+    eps: float,
 ) -> torch.Tensor:
     """The second moment the update of this step will divide by, computed out of place with the update's own
     pieces (state before the step; an empty state is zeros)."""
     def buffer(name: str) -> torch.Tensor:
         return state[name].clone() if name in state else torch.zeros_like(grad)
 
-    if cls.second_moment == "momentum":
+    if second_moment == "momentum":
         moment = momentum_second_moment_(buffer("exp_avg_sq"), ema_(buffer("exp_avg"), grad, beta1), beta2, eps)
     else:
         moment = ema_sq_(buffer("exp_avg_sq"), grad, beta2)
-    if cls.amsgrad:
+    if amsgrad:
         moment = torch.maximum(buffer("max_exp_avg_sq"), moment)
     return moment
 
