@@ -18,19 +18,23 @@ import pytest
 import torch
 from pytorch_optimizer import Ranger21
 
-from lightning_opt import SMMF, AdaLo, AdamAtan2
+from lightning_opt import NSGDA, SMMF, Adafactor, AdaLo, AdamAtan2
 from lightning_opt.engine.compiled import shared_runner
 from lightning_opt.transforms import norm_loss_
 
 F64 = torch.float64
-SHAPES = [(), (7,), (5, 3), (5, 3), (4, 2, 3, 3), (2, 3, 4), (130, 130), (0,), (3, 0)]
+SHAPES = [(), (7,), (5, 3), (5, 3), (4, 2, 3, 3), (2, 3, 4), (200, 100), (0,), (3, 0)]
 """0-d, 1-D, two small matrices (stacked together), a 4-D and a 3-D tensor, one large enough to run in place
-(more than 16,384 elements), and two empty tensors."""
+(more than 16,384 elements; SMMF's most square view, 125 x 160, splits its rows), and two empty tensors."""
 OPTIMIZERS = {
     "AdaLo": (AdaLo, {"lr": 0.5, "weight_decay": 1e-2}),
     "AdamAtan2": (AdamAtan2, {"lr": 3e-2, "weight_decay": 1e-2}),
     # a view that splits units (the most square matrix): Norm Loss runs in the units view before the graph
     "SMMF": (SMMF, {"lr": 3e-2, "weight_decay": 1e-2}),
+    # several phases: the regularisers run in the last (the one that writes the parameter), so the earlier ones
+    # read the parameter before Norm Loss; without NSGDA's L2 term and Adafactor's parameter scale they read none
+    "NSGDA": (NSGDA, {"lr": 3e-2, "weight_decay": 0.0}),
+    "Adafactor": (Adafactor, {"lr": 3e-2, "weight_decay": 1e-2, "scale_parameter": False}),
 }
 LOSS = 0.7
 """The loss the closure reports (AdaLo's step size reads it)."""
@@ -67,8 +71,11 @@ GROUP = {"norm_loss": {"norm_loss_factor": 0.2}, "cpr": {"cpr_mu": 0.5, "cpr_war
 
 @pytest.mark.parametrize(
     ("name", "compile"),
-    [("AdaLo", False), ("AdaLo", True), ("AdamAtan2", False), ("AdamAtan2", True), ("SMMF", False)],
-    ids=["AdaLo-eager", "AdaLo-compiled", "AdamAtan2-eager", "AdamAtan2-compiled", "SMMF-eager"],
+    [
+        ("AdaLo", False), ("AdaLo", True), ("AdamAtan2", False), ("AdamAtan2", True), ("SMMF", False),
+        ("SMMF", True), ("NSGDA", False), ("NSGDA", True), ("Adafactor", False), ("Adafactor", True),
+    ],
+    ids=lambda value: value if isinstance(value, str) else ("compiled" if value else "eager"),
 )
 @pytest.mark.parametrize("regularizer", ["norm_loss", "cpr"])
 def test_regularised_steps_match_the_float64_rule_around_the_plain_optimizer(name, regularizer, compile):
@@ -285,6 +292,13 @@ def test_invalid_options_are_refused_when_the_group_is_added(group, message):
     assert len(optimizer.param_groups) == 1
 
 
+def test_norm_loss_needs_a_number_lr():
+    """Adafactor's relative step (lr=None) gives Norm Loss no step size: refused, naming the value."""
+    with pytest.raises(ValueError, match=r"Invalid regularizer: 'norm_loss' .* lr is None; .*\[parameter group 0\]"):
+        Adafactor([{"params": _params()[:2], "regularizer": "norm_loss"}])
+    Adafactor([{"params": _params()[:2], "regularizer": "cpr"}])  # CPR does not read the lr
+
+
 def test_a_group_changed_after_construction_is_checked_before_the_step():
     param = torch.zeros(3, requires_grad=True)
     optimizer = AdamAtan2([param])
@@ -345,3 +359,23 @@ def test_digits_recipe_still_trains_with_a_regulariser(regularizer, tmp_path, on
     if regularizer == "cpr":  # past the warm start (1000 steps of 2700): every weight has its bound
         assert all(float(optimizer.state[p]["cpr_kappa"]) > 0 for p in optimizer.param_groups[0]["params"])
     assert val_acc >= 0.94  # AdaLo alone: 0.953 (seed 0), 0.950-0.969 over seeds 0-4
+
+
+@pytest.mark.own_process  # a process group of its own, not left behind in the pytest process
+def test_a_regularised_group_refuses_sharded_dtensors(tmp_path):
+    """Norm Loss and CPR take norms of rows and tensors: an elementwise optimizer that accepts FSDP2's sharded
+    DTensors refuses them in a regularised group, where a shard's norm would be wrong."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        mesh = init_device_mesh("cpu", (1,))
+        sharded = torch.nn.Parameter(distribute_tensor(torch.randn(4, 3), mesh, [Shard(0)]))
+        for regularizer in ("norm_loss", "cpr"):
+            with pytest.raises(ValueError, match=r"Invalid params: AdamAtan2 .* DTensor sharded as"):
+                AdamAtan2([{"params": [sharded], "regularizer": regularizer}])
+        AdamAtan2([sharded])  # without a regulariser: elementwise, accepted
+    finally:
+        dist.destroy_process_group()

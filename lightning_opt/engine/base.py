@@ -337,7 +337,7 @@ class BaseOptimizer(torch.optim.Optimizer):
         """Validate ``group``'s regulariser keys (:func:`~lightning_opt.transforms.constraints.check_regularizer`);
         the error names the group."""
         values = {name: group.get(name, default) for name, default in REGULARIZER_DEFAULTS.items()}
-        return in_parameter_group(index, check_regularizer, values)
+        return in_parameter_group(index, check_regularizer, {**values, "lr": group.get("lr", self.defaults.get("lr"))})
 
     def _report_nonfinite(self, skipped: int) -> None:
         self.nonfinite_skips += skipped
@@ -382,10 +382,7 @@ class BaseOptimizer(torch.optim.Optimizer):
                 for stack, param, grad in zip(chunk, params, grads)
             ]
             transforms, unit_start = (), 1
-        if regularizer in BEFORE_UPDATE and chunk[0].unit_start is None:  # likewise, before the update
-            for stack, param in zip(chunk, params):
-                apply_regularizer(regularizer, param.view(stack.units_shape()), {}, numbers, 2)  # type: ignore[arg-type]
-            regularizers = ()
+        units_first = regularizer in BEFORE_UPDATE and chunk[0].unit_start is None  # likewise, before the update
         device = chunk[0].params[0].device
         carried: list[dict[str, torch.Tensor]] = [
             {name: value.to(device) for name, value in (statistics or {}).items()} for _ in chunk
@@ -395,11 +392,16 @@ class BaseOptimizer(torch.optim.Optimizer):
             # the first phase transforms the gradient; with later phases, it carries the result to them
             phase_transforms = transforms if k == 0 else ()
             keep_grad = bool(phase_transforms) and k < len(self.phases) - 1
-            # regularisers applied before the update run in the first phase, the others in the last
-            phase_regularizers = tuple(
-                name for name in regularizers
-                if (k == 0 if name in BEFORE_UPDATE else k == len(self.phases) - 1)
-            )
+            # regularisers run in the last phase, the one that writes the parameter: a compiled phase that wrote
+            # it would leave the next phase's graph untraceable on a parameter updated in place
+            phase_regularizers = regularizers if k == len(self.phases) - 1 else ()
+            if phase_regularizers and units_first:
+                for i, stack in enumerate(chunk):
+                    target = params[i] if stack.copied else stack.params[0]
+                    apply_regularizer(regularizer, target.view(stack.units_shape()), {}, numbers, 2)  # type: ignore
+                    if not stack.copied:  # a fresh view: the graph cannot take one made before the change
+                        params[i] = stack.params[0].view(stack.stacked_shape)
+                phase_regularizers = ()
             args = (
                 phase, params, grads, buffers, group_values, tensor_values, group_names, tensor_names, flags,
                 carried, phase_transforms, unit_start, keep_grad, phase_regularizers,

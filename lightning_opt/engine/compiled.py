@@ -75,9 +75,9 @@ def run_stack(
     the gradient before ``update`` reads it, with units starting at dimension ``unit_start``; with
     ``keep_grad`` (the first of several phases) the transformed gradient is carried too, and the later
     phases read it as their ``grad`` (:data:`TRANSFORMED_GRAD`). ``regularizers`` names the parameter-side
-    regularisers of :mod:`lightning_opt.transforms.constraints` this phase applies: those of
-    :data:`~lightning_opt.transforms.constraints.BEFORE_UPDATE` after the gradient transforms and before
-    ``update``, the others after it.
+    regularisers of :mod:`lightning_opt.transforms.constraints` this phase applies (the engine gives them to
+    the last phase): those of :data:`~lightning_opt.transforms.constraints.BEFORE_UPDATE` after the gradient
+    transforms and before ``update``, the others after it.
     """
     hyperparameters = {name: group_values[i] for i, name in enumerate(group_names)}
     for j, name in enumerate(tensor_names):

@@ -26,7 +26,9 @@ their own without a regulariser if that is not wanted.
 Inside this package's optimizers, a parameter group chooses one with the key ``"regularizer"``
 (``"norm_loss"`` or ``"cpr"``) and sets its numbers with the keys of :data:`REGULARIZER_DEFAULTS`; they are
 validated when the group is added (:func:`check_regularizer`), travel with the group through
-``state_dict``, pickling and copies, and run inside the same compiled graph as the update. CPR keeps
+``state_dict``, pickling and copies, and run inside the same compiled graph as the update, in its last phase
+(the one that writes the parameter: earlier phases, such as NSGDA's momentum with its L2 term or Adafactor's
+parameter RMS, read the parameter as it was before Norm Loss). CPR keeps
 ``lambda`` and ``kappa`` per tensor in the optimizer state (``"cpr_lagrange"``, ``"cpr_kappa"``, float32, or
 float64 for float64 parameters), so a checkpoint resumes them exactly.
 
@@ -85,8 +87,10 @@ def check_regularizer(
     norm_loss_factor: Any = NORM_LOSS_FACTOR,
     cpr_mu: Any = CPR_MU,
     cpr_warm_start: Any = CPR_WARM_START,
+    lr: Any = 1.0,
 ) -> dict[str, Any]:
-    """Validate a parameter group's regulariser and its numbers; return them normalised.
+    """Validate a parameter group's regulariser and its numbers; return them normalised (without ``lr``, the
+    group's learning rate, which Norm Loss needs to be a number: Adafactor's ``lr=None`` is refused with it).
 
     Example:
         >>> check_regularizer("cpr", cpr_warm_start=10)["cpr_warm_start"]
@@ -102,6 +106,11 @@ def check_regularizer(
     """
     if regularizer is not None and (not isinstance(regularizer, str) or regularizer not in REGULARIZERS):
         check_choice("regularizer", regularizer, (None, *REGULARIZERS))  # type: ignore[arg-type]
+    if regularizer == "norm_loss" and (isinstance(lr, bool) or not isinstance(lr, (int, float))):
+        raise ValueError(
+            f"Invalid regularizer: 'norm_loss' (its step is the group's lr times norm_loss_factor, but lr is {lr!r}; "
+            "give the group a number lr)"
+        )
     warm_start = check_positive_int("cpr_warm_start", cpr_warm_start)
     if warm_start > MAX_WARM_START:
         raise ValueError(f"Invalid cpr_warm_start: {cpr_warm_start!r} (expected <= {MAX_WARM_START})")
