@@ -108,7 +108,8 @@ class AdamAtan2(BaseOptimizer):
         skip_nonfinite: leave a tensor untouched (with a warning) when its gradient has inf or NaN.
         grad_transforms: gradient transforms applied in order before the update, without changing
             ``p.grad``: ``"centralize"`` (arXiv:2004.01461), ``"adaptive_clip"`` (arXiv:2102.06171),
-            ``"soft_clip"`` (the seed's per-unit RMS clip); see :mod:`lightning_opt.transforms.gradient`.
+            ``"soft_clip"`` (the seed's per-unit RMS clip), ``"normalize"`` (``g / (||g|| + eps)`` per tensor); see
+            :mod:`lightning_opt.transforms.gradient`.
         agc_clipping: the largest unit-wise gradient-to-parameter norm ratio of ``"adaptive_clip"``.
 
     Bounds (see :mod:`lightning_opt.validation`): ``|atan2| <= pi / 2`` (its second argument is >= 0), so a
