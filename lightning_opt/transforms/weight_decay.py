@@ -47,7 +47,9 @@ def whole_model_mean(sums: Sequence[torch.Tensor] | torch.Tensor, counts: Sequen
     rank of its default group (one all-reduce of the total and the count, so the mean is over the whole model
     whether each rank holds all of it, as under DDP, or a part, as under ZeRO or FSDP). A tensor whose sum is
     not finite is left out of both (so that ``skip_nonfinite`` and a GradScaler's skipped tensors do not spoil
-    the statistic of the others); with nothing left, the mean is NaN. No value is read back to the host.
+    the statistic of the others); with nothing left, the mean is NaN. No value is read back to the host. The
+    all-reduce is a collective: every rank of the default group must call it at each step, as DDP's and ZeRO's
+    ranks do (an optimizer that only some ranks step would wait for the others).
 
     Args:
         sums: one 0-d tensor per tensor of the model (or per group of them), on one device; or a 1-D tensor of
