@@ -108,3 +108,27 @@ def test_trust_ratio_option_refuses_sharded_parameters_and_survives_a_checkpoint
     assert state["param_groups"][0]["stable_weight_decay"] is False
     with pytest.raises(ValueError, match=r"^Invalid trust_ratio: 1 "):
         Lamb(model.parameters(), trust_ratio=1)
+
+
+def test_float64_reference_with_weight_norms_above_the_ceiling():
+    """The common suite's tensors have norms below 10, where the ceiling does not act: here the 4-D and (16, 8)
+    tensors' norms are far above it. The package follows LambReference; the unclamped mutant does not."""
+    from tests.references import LambReference
+
+    generator = torch.Generator().manual_seed(4)
+    values = [torch.randn(shape, generator=generator, dtype=F64) * 30.0 for shape in SHAPES]
+    params = [torch.nn.Parameter(v.clone()) for v in values]
+    options = {"lr": 0.05, "weight_decay": 0.1, "stable_weight_decay": True}
+    optimizer = Lamb(params, **options)
+    reference = LambReference([v.clone() for v in values], **options)
+    mutant = LambReference([v.clone() for v in values], mutation="trust_ratio_unclamped", **options)
+    for _ in range(6):
+        grads = [torch.randn(p.shape, generator=generator, dtype=F64) for p in params]
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        optimizer.step()
+        reference.step([grads])
+        mutant.step([grads])
+        for p, expected in zip(params, reference.params[0]):
+            torch.testing.assert_close(p.detach(), expected, rtol=1e-10, atol=1e-12)
+    assert max(float((p.detach() - m).abs().max()) for p, m in zip(params, mutant.params[0])) > 1.0
