@@ -379,3 +379,28 @@ def test_a_regularised_group_refuses_sharded_dtensors(tmp_path):
         AdamAtan2([sharded])  # without a regulariser: elementwise, accepted
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("regularizer", ["norm_loss", "cpr"])
+def test_non_contiguous_parameters_and_parameters_without_a_gradient(regularizer):
+    """A transposed parameter (a stack copied alone) is regularised like its contiguous twin, unit for unit; a
+    parameter without a gradient is left untouched, as by the update (its CPR state does not advance)."""
+    base = torch.randn(6, 4, dtype=F64)
+    transposed = base.t().contiguous().t().requires_grad_()  # shape (6, 4), not contiguous
+    twin = base.clone().requires_grad_()
+    idle = torch.randn(5, 3, dtype=F64, requires_grad=True)
+    options = {"regularizer": regularizer, **GROUP[regularizer], "cpr_warm_start": 1}
+    optimizer = AdamAtan2([{"params": [transposed, twin, idle], **options}], lr=0.05, weight_decay=0.0)
+    before = idle.detach().clone()
+    assert not transposed.is_contiguous()
+    multipliers = []
+    for step in range(1, 5):
+        grad = -base.sign() + 0.1 * step
+        transposed.grad, twin.grad = grad.clone(), grad.clone()
+        optimizer.step()
+        torch.testing.assert_close(transposed.detach(), twin.detach(), rtol=1e-12, atol=1e-14)
+        if regularizer == "cpr":
+            multipliers.append(float(optimizer.state[transposed]["cpr_lagrange"]))
+            assert multipliers[-1] == float(optimizer.state[twin]["cpr_lagrange"])
+    assert torch.equal(idle.detach(), before) and not optimizer.state[idle]
+    assert regularizer != "cpr" or max(multipliers) > 0
