@@ -714,7 +714,7 @@ NONFINITE_SCOPE.update(
 NONFINITE_SCOPE["SMMF"] = "reference"  # the factors' sums carry it to its row and column, then further
 NONFINITE_SCOPE["Adafactor"] = "tensor"  # factored rows and columns, and the update's RMS over the tensor
 NONFINITE_SCOPE["Lamb"] = "reference"  # per coordinate, but an inf update gives a trust ratio of 0 to the tensor
-NONFINITE_SCOPE["Muon"] = "tensor"  # a matrix is divided by its norm before Newton-Schulz (the bad tensors are matrices)
+NONFINITE_SCOPE["Muon"] = "tensor"  # a matrix is divided by its norm before Newton-Schulz (bad tensors are matrices)
 NONFINITE_SCOPE["FractionalAdam"] = "coordinate"  # the past gradients carry it for K steps, in its coordinate only
 # AM's coefficient sums over the tensor: an inf makes it NaN (the tensor follows); a NaN makes the squared difference
 # NaN, which reads as "d = g" (coefficient 0), so only its coordinate: as the reference does.
