@@ -189,6 +189,17 @@ def test_history_is_per_group_and_cannot_change_after_the_first_step():
         optimizer.step()
 
 
+def test_state_read_before_the_first_step_does_not_break_it():
+    # Reading optimizer.state[p] before any step leaves an empty entry (state is a defaultdict); the history
+    # check once took that entry for a kept buffer and raised KeyError: 'grad_history'.
+    a = torch.nn.Parameter(torch.randn(3, 2))
+    optimizer = FractionalAdam([a], history=3)
+    assert dict(optimizer.state[a]) == {}
+    a.grad = torch.randn_like(a)
+    optimizer.step()
+    assert optimizer.state[a]["grad_history"].shape == (3, 3, 2)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "name"),
     [

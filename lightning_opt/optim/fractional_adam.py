@@ -174,10 +174,13 @@ class FractionalAdam(AdamFamily):
     def group_hyperparameters(self, group: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
         numbers, flags = super().group_hyperparameters(group)
         history = group["history"]
-        kept = next((self.state[p] for p in group["params"] if p in self.state), None)
-        if kept is not None and kept["grad_history"].shape[0] != history:
+        # ``self.state`` is a defaultdict: reading a parameter's entry before its first step leaves an empty dict.
+        kept = next(
+            (self.state[p]["grad_history"] for p in group["params"] if "grad_history" in self.state.get(p, {})), None
+        )
+        if kept is not None and kept.shape[0] != history:
             raise ValueError(
-                f"Invalid history: {history} (this group keeps {kept['grad_history'].shape[0]} past gradients "
+                f"Invalid history: {history} (this group keeps {kept.shape[0]} past gradients "
                 "already; history cannot change after the first step)"
             )
         return numbers, {**flags, "history": history}
