@@ -270,22 +270,30 @@ class Adafactor(BaseOptimizer):
         dtype = accumulation_dtype(grad)
         rows, cols = grad.shape[-2], grad.shape[-1]
         # mean(g^2) as a squared norm: no squared copy of the gradient (eagerly)
-        row_mean = torch.linalg.vector_norm(grad, dim=-1, keepdim=True, dtype=dtype).square() / cols + hp["eps1"]
-        col_mean = torch.linalg.vector_norm(grad, dim=-2, keepdim=True, dtype=dtype).square() / rows + hp["eps1"]
+        row_sums = torch.linalg.vector_norm(grad, dim=-1, keepdim=True, dtype=dtype).square()
+        col_sums = torch.linalg.vector_norm(grad, dim=-2, keepdim=True, dtype=dtype).square()
+        row_mean = row_sums / cols + hp["eps1"]
+        col_mean = col_sums / rows + hp["eps1"]
         _lerp_into(buffers["exp_avg_sq_row"], row_mean, hp["one_minus_beta2"])
         _lerp_into(buffers["exp_avg_sq_col"], col_mean, hp["one_minus_beta2"])
-        if not flags["scale_parameter"]:
-            return {}
-        return {"param_rms": norm_from(param, PER_TENSOR) / math.sqrt(count_from(param, PER_TENSOR))}
+        # mean(r) / r once per row here, not once per element in the next two passes
+        carried = {"row_factor": row_factor(buffers["exp_avg_sq_row"])}
+        if flags["scale_parameter"]:
+            carried["param_rms"] = norm_from(param, PER_TENSOR) / math.sqrt(count_from(param, PER_TENSOR))
+        return carried
 
     @staticmethod
     def update_rms(
         param: torch.Tensor, grad: torch.Tensor, buffers: dict[str, torch.Tensor], hp: Hyperparameters, flags: Flags
     ) -> dict[str, torch.Tensor]:
-        """Second pass: the mean square of the preconditioned gradient ``u``, for the update clipping."""
+        """Second pass: the mean square of the preconditioned gradient ``u``, and from it the step's scale per
+        tensor (relative step, parameter scale, update clipping), computed once here rather than per element in
+        the last pass."""
         g = grad.to(accumulation_dtype(grad))
-        inverse = inverse_second_moment(buffers["exp_avg_sq_row"], buffers["exp_avg_sq_col"])
-        return {"update_ms": sum_from(g * g * inverse, PER_TENSOR) / count_from(grad, PER_TENSOR)}
+        inverse = _inverse(hp["row_factor"], buffers["exp_avg_sq_col"])
+        update_ms = sum_from(g * g * inverse, PER_TENSOR) / count_from(grad, PER_TENSOR)
+        step_size = hp["rho"] * torch.clamp(hp["param_rms"], min=hp["eps2"]) if flags["scale_parameter"] else hp["rho"]
+        return {"scale": step_size / torch.clamp(update_ms.sqrt() * hp["inv_clip"], min=1.0)}
 
     @staticmethod
     def update_param(
@@ -293,10 +301,8 @@ class Adafactor(BaseOptimizer):
     ) -> None:
         """Third pass: the clipped, scaled update (through the first moment if kept) and the weight decay."""
         dtype = accumulation_dtype(grad)
-        inverse = inverse_second_moment(buffers["exp_avg_sq_row"], buffers["exp_avg_sq_col"])
-        step_size = hp["rho"] * torch.clamp(hp["param_rms"], min=hp["eps2"]) if flags["scale_parameter"] else hp["rho"]
-        scale = step_size / torch.clamp(hp["update_ms"].sqrt() * hp["inv_clip"], min=1.0)
-        update = grad.to(dtype) * inverse.sqrt() * scale
+        inverse = _inverse(hp["row_factor"], buffers["exp_avg_sq_col"])
+        update = grad.to(dtype) * inverse.sqrt() * hp["scale"]
         if flags["first_moment"]:
             update = _lerp_into(buffers["exp_avg"], update, 1.0 - hp["beta1"])
         if param.dtype == dtype:
@@ -321,9 +327,26 @@ def inverse_second_moment(row: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
         tensor([[5.0000, 1.2500],
                 [1.2500, 0.3125]])
     """
-    dtype = accumulation_dtype(row)
-    row, col = row.to(dtype), col.to(dtype)
-    return ((row.mean(dim=-2, keepdim=True) / row) / col).clamp_max(torch.finfo(dtype).max)
+    return _inverse(row_factor(row), col)
+
+
+def row_factor(row: torch.Tensor) -> torch.Tensor:
+    """``mean(r) / r`` of factored row moments ``r`` (``(..., rows, 1)``), in at least float32: the row part of
+    :func:`inverse_second_moment`.
+
+    Example:
+        >>> row_factor(torch.tensor([[1.0], [4.0]]))
+        tensor([[2.5000],
+                [0.6250]])
+    """
+    row = row.to(accumulation_dtype(row))
+    return row.mean(dim=-2, keepdim=True) / row
+
+
+def _inverse(factor: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
+    """``(mean(r) / r) / c`` from the row factor (:func:`row_factor`), clamped to the dtype's largest number."""
+    col = col.to(factor.dtype)
+    return (factor / col).clamp_max(torch.finfo(factor.dtype).max)
 
 
 def _lerp_into(buffer: torch.Tensor, value: torch.Tensor, weight: Any) -> torch.Tensor:

@@ -123,18 +123,19 @@ class NSGDA(BaseOptimizer):
     def update_momentum(
         param: torch.Tensor, grad: torch.Tensor, buffers: dict[str, torch.Tensor], hp: Hyperparameters, flags: Flags
     ) -> dict[str, torch.Tensor]:
-        """First pass: the momentum, and its norm for the second pass."""
+        """First pass: the momentum, and from its norm the step's scale per tensor, ``-lr / (||m|| + eps * bc)``
+        (computed once here, not once per element in the second pass)."""
         momentum_buffer = buffers["momentum_buffer"]
         direction = l2_regularised(grad, param, hp["weight_decay"]) if flags["decay"] else grad
         ema_(momentum_buffer, direction, hp["momentum"])
-        return {"momentum_norm": norm_from(momentum_buffer, PER_TENSOR)}
+        return {"step_scale": hp["neg_lr"] / (norm_from(momentum_buffer, PER_TENSOR) + hp["eps_times_bc"])}
 
     @staticmethod
     def update_param(
         param: torch.Tensor, grad: torch.Tensor, buffers: dict[str, torch.Tensor], hp: Hyperparameters, flags: Flags
     ) -> None:
         """Second pass: move the parameter along the normalised momentum."""
-        add_scaled_(param, buffers["momentum_buffer"], hp["neg_lr"] / (hp["momentum_norm"] + hp["eps_times_bc"]))
+        add_scaled_(param, buffers["momentum_buffer"], hp["step_scale"])
 
     # The norm of the new momentum is needed before the parameter can move: two passes over the tensor.
     phases = ("update_momentum", "update_param")
