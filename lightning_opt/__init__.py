@@ -85,9 +85,9 @@ __all__ = [
     "get_spec",
     "SoftClip",
     "param_groups_for_weight_decay",
+    "muon_param_groups",
     "WarmupFreeScaling",
     "warmup_free_factors",
-    "muon_param_groups",
 ]
 
 

@@ -346,7 +346,6 @@ def test_adaptive_direction_is_the_named_denominator(denominator):
     torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-14)
 
 
-
 @pytest.mark.parametrize("shape", [(), (7,), (4, 5), (2, 3, 4), (0,)], ids=str)
 @pytest.mark.parametrize("dtype", [F64, F32, BF16], ids=str)
 def test_cpr_warm_start_then_lagrange_steps_against_float64(shape, dtype):
