@@ -3,8 +3,9 @@
 The model and datamodule default to the digits recipe (:mod:`lightning_opt.recipes.digits`) but any
 ``LightningModule`` / ``LightningDataModule`` can be given by class path. Besides LightningCLI's own
 subcommands (``fit``, ``validate``, ``test``, ``predict``) there is ``lightning-opt optimizers``, which
-lists the registry, and ``lightning-opt tails LOGDIR...``, the gradient-tail report of logged runs
-(:mod:`lightning_opt.tails.command`).
+lists the registry, ``lightning-opt tails LOGDIR...``, the gradient-tail report of logged runs
+(:mod:`lightning_opt.tails.command`), and ``lightning-opt study NAME``, which runs a study of the optimizers
+(:mod:`lightning_opt.studies.command`).
 
 This module is the light entry point: it imports torch and the registry, not Lightning, so that
 ``lightning-opt optimizers`` starts quickly. The Lightning subcommands import
@@ -17,6 +18,7 @@ Example::
     lightning-opt fit --config configs/digits.yaml --optimizer AdamAtan2 --optimizer.lr 3e-3
     lightning-opt fit --config configs/digits.yaml --optimizer.help AdaLo           # its arguments
     lightning-opt tails logs/digits                                                 # gradient tails
+    lightning-opt study lr --optimizers AdamW AdaLo                                 # a study: table and PNG
 """
 
 from __future__ import annotations
@@ -48,10 +50,15 @@ OPTIMIZERS_COMMAND = "optimizers"
 TAILS_COMMAND = "tails"
 """The extra subcommand that reports gradient tails from TensorBoard logs."""
 
+STUDY_COMMAND = "study"
+"""The extra subcommand that runs a study (``lightning-opt study NAME``) and writes its table and PNG."""
+
 DESCRIPTION = (
     "Train with post-Adam optimizers (--optimizer AdaLo, NSGDA, AdamAtan2...). "
     f"'lightning-opt {OPTIMIZERS_COMMAND}' lists them all; 'lightning-opt {TAILS_COMMAND} LOGDIR' reports "
-    "gradient tails logged by GradientTailMonitor. 'lightning-opt --version' prints the version."
+    "gradient tails logged by GradientTailMonitor; "
+    f"'lightning-opt {STUDY_COMMAND} NAME' runs a study (lr, warmup, time, memory). "
+    "'lightning-opt --version' prints the version."
 )
 
 
@@ -176,7 +183,7 @@ def main(args: Sequence[str] | None = None) -> int:
         args: the command-line arguments without the program name; ``None`` reads ``sys.argv[1:]``.
 
     Returns:
-        The exit status (0); LightningCLI and ``tails`` exit with status 2 on a bad argument.
+        The exit status (0); LightningCLI, ``tails`` and ``study`` exit with status 2 on a bad argument.
 
     Example:
         >>> main(["optimizers"])  # doctest: +ELLIPSIS
@@ -195,6 +202,10 @@ def main(args: Sequence[str] | None = None) -> int:
         from lightning_opt.tails.command import run as tails_command
 
         return tails_command(argv[1:])
+    if argv[:1] == [STUDY_COMMAND]:
+        from lightning_opt.studies.command import run as study_command
+
+        return study_command(argv[1:])
     from lightning_opt.recipes import resolve_config_arguments
 
     try:

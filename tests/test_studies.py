@@ -1,0 +1,356 @@
+"""``lightning-opt study NAME``: the statistics, the cells' keys, the results file and resuming, the tables and
+figures, the argument errors, and real runs of tiny studies on the digits recipe (each cell a real
+``lightning-opt fit`` in its own process)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lightning_opt.cli import main
+from lightning_opt.recipes import find_config
+from lightning_opt.studies import STUDIES
+from lightning_opt.studies.base import StudyOptions, diverged, final_metric
+from lightning_opt.studies.cells import Cell, FitBase, ResultStore, Setting, cell_key
+from lightning_opt.studies.command import build_options, build_parser, plan_cells, write_report
+from lightning_opt.studies.runner import run_cells
+from lightning_opt.studies.stats import first_reaching, good_band, summarize, within_band
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+DIGITS = find_config("digits")
+TINY_FIT = ["--trainer.max_epochs", "2", "--trainer.limit_train_batches", "4", "--trainer.limit_val_batches", "2"]
+"""``fit`` options that make a digits cell a few seconds (2 epochs of 4 batches, 2 validation batches)."""
+
+
+# ------------------------------------------------------------------------------------------------ statistics
+def test_summary_of_three_seeds_gives_mean_sample_std_and_range() -> None:
+    summary = summarize([0.90, 0.94, 0.95])
+    assert summary.n == 3 and summary.nonfinite == 0
+    assert summary.mean == pytest.approx(0.93)
+    assert summary.std == pytest.approx(math.sqrt(((0.03) ** 2 + 0.01**2 + 0.02**2) / 2))
+    assert (summary.low, summary.high) == (0.90, 0.95)
+    assert summary.format() == "0.93 ± 0.026 (0.9–0.95)"
+
+
+def test_summary_leaves_out_and_counts_non_finite_and_missing_values() -> None:
+    summary = summarize([1.0, float("nan"), None, 3.0, float("inf")])
+    assert (summary.n, summary.nonfinite, summary.mean) == (2, 3, 2.0)
+    assert summary.format().endswith("+3 non-finite")
+    assert summarize([float("nan")]).format() == "n/a +1 non-finite"
+
+
+def test_good_band_counts_the_points_within_the_band_and_its_width_in_decades() -> None:
+    means = {1e-4: 0.50, 1e-3: 0.962, 3e-3: 0.97, 1e-2: 0.968, 1e-1: float("nan")}
+    band = good_band(means, {value: value / 1e-3 for value in means}, best=0.97, band=0.01, mode="max")
+    assert band.good == (1e-3, 3e-3, 1e-2) and band.points == 5
+    assert band.decades == pytest.approx(1.0)
+    # an inverse knob (AdaLo's kappa: a larger kappa, a smaller step): the width is the same in step terms
+    kappas = {30.0: 0.5, 3.0: 0.965, 0.3: 0.97}
+    inverse = good_band(kappas, {k: 3.0 / k for k in kappas}, best=0.97, band=0.01, mode="max")
+    assert inverse.good == (3.0, 0.3) and inverse.decades == pytest.approx(1.0)
+    assert math.isnan(good_band({1.0: 0.1}, {1.0: 1.0}, best=0.97, band=0.01, mode="max").decades)
+    # smaller is better: within 5 % above the best loss
+    assert within_band(1.04, 1.0, 0.05, "min") and not within_band(1.06, 1.0, 0.05, "min")
+
+
+def test_first_reaching_gives_the_first_validation_at_the_target() -> None:
+    history = [
+        {"seconds": 1.5, "step": 45, "metrics": {"val_loss": 0.9}},
+        {"seconds": 3.0, "step": 90, "metrics": {"val_loss": "nan"}},
+        {"seconds": 4.5, "step": 135, "metrics": {"val_loss": 0.4}},
+        {"seconds": 6.0, "step": 180, "metrics": {"val_loss": 0.3}},
+    ]
+    assert first_reaching(history, "val_loss", 0.5, "min") == (4.5, 135)
+    assert first_reaching(history, "val_loss", 0.1, "min") is None
+    assert first_reaching(history, "val_acc", 0.5, "max") is None
+
+
+# ------------------------------------------------------------------------------------------------ cells and store
+def _cell(seed: int = 0, lr: float = 0.01) -> Cell:
+    return Cell("AdamW", "torch.optim.AdamW", Setting({"lr": lr}, ("--optimizer.lr", repr(lr))), seed)
+
+
+def test_cell_keys_are_stable_and_change_with_what_defines_the_run(tmp_path: Path) -> None:
+    config = tmp_path / "a.yaml"
+    config.write_text("trainer:\n  max_epochs: 3\n")
+    base = FitBase.from_files([config])
+    key = cell_key(_cell(), base)
+    assert key == cell_key(_cell(), FitBase.from_files([config]))  # recomputed: the same
+    # a key is a fixed digest (no process-dependent hash): pinned, so that a change of the scheme is noticed
+    pinned = cell_key(_cell(), FitBase(("x.yaml",), ("0" * 64,)))
+    assert pinned == cell_key(_cell(), FitBase(("elsewhere/x.yaml",), ("0" * 64,)))
+    assert len(pinned) == 16 and int(pinned, 16) >= 0
+    others = {
+        cell_key(_cell(seed=1), base),
+        cell_key(_cell(lr=0.1), base),
+        cell_key(_cell(), FitBase.from_files([config], accelerator="gpu")),
+        cell_key(_cell(), FitBase.from_files([config], fit_args=["--trainer.max_epochs", "2"])),
+    }
+    config.write_text("trainer:\n  max_epochs: 4\n")
+    others.add(cell_key(_cell(), FitBase.from_files([config])))
+    assert key not in others and len(others) == 5
+
+
+def test_result_store_rewrites_its_file_and_refuses_a_foreign_one(tmp_path: Path) -> None:
+    path = tmp_path / "out" / "cells.json"
+    store = ResultStore(path)
+    store.put("a", {"status": "ok", "value": 1})
+    store.put("b", {"status": "failed"})
+    data = json.loads(path.read_text())
+    assert data["format"] == 1 and set(data["cells"]) == {"a", "b"}
+    assert ResultStore(path).get("a") == {"status": "ok", "value": 1}
+    assert not (tmp_path / "out" / "cells.json.tmp").exists()
+    path.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="is not a study results file"):
+        ResultStore(path)
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="is not a study results file"):
+        ResultStore(path)
+
+
+def _fake_record(final: float, seconds: float = 1.0) -> dict[str, Any]:
+    """A record as a real cell's probe writes it (two validations)."""
+    validations = [
+        {"seconds": seconds / 2, "step": 45, "epoch": 0, "metrics": {"val_acc": final / 2, "val_loss": 1.0}},
+        {"seconds": seconds, "step": 90, "epoch": 1, "metrics": {"val_acc": final, "val_loss": 0.5}},
+    ]
+    probe = {
+        "validations": validations, "nonfinite_losses": 0, "state_bytes": 800, "parameters": 100,
+        "peak_rss_bytes": 300 * 2**20, "cuda_peak_bytes": None, "steps": 90,
+    }  # fmt: skip
+    return {"status": "ok", "returncode": 0, "probe": probe}
+
+
+def test_run_cells_saves_each_result_and_skips_the_saved_ones_when_rerun(tmp_path: Path) -> None:
+    cells = [_cell(seed) for seed in range(3)]
+    base = FitBase(("c.yaml",), ("0" * 64,))
+    store = ResultStore(tmp_path / "cells.json")
+    ran: list[int] = []
+
+    def execute(cell: Cell, run_dir: Path) -> dict[str, Any]:
+        ran.append(cell.seed)
+        if cell.seed == 1 and len(ran) == 2:
+            raise KeyboardInterrupt  # interrupted while the second cell runs
+        return _fake_record(0.9 + cell.seed / 100)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_cells("lr", cells, base, store, tmp_path / "runs", execute, lambda r: "ok")
+    assert len(ResultStore(tmp_path / "cells.json").records) == 1  # the first cell was saved before it
+    progress = tmp_path / "progress.txt"
+    with progress.open("w") as stream:
+        results = run_cells(
+            "lr", cells, base, ResultStore(tmp_path / "cells.json"), tmp_path / "runs", execute, lambda r: "ok",
+            stream=stream,
+        )  # fmt: skip
+    assert ran == [0, 1, 1, 2]
+    assert [record["seed"] for _, record in results] == [0, 1, 2]
+    assert [final_metric(record, "val_acc") for _, record in results] == pytest.approx([0.9, 0.91, 0.92])
+    text = progress.read_text()
+    assert "lr: 3 cells, 1 already done" in text and "2 to run" in text and "[3/3] AdamW lr=0.01 seed 2" in text
+    ran.clear()
+    run_cells("lr", cells, base, ResultStore(tmp_path / "cells.json"), tmp_path / "runs", execute, str)
+    assert ran == []  # everything saved: nothing runs
+
+
+def test_failed_cells_are_kept_and_rerun_only_when_asked(tmp_path: Path) -> None:
+    cells = [_cell(0)]
+    base = FitBase(("c.yaml",), ("0" * 64,))
+    outcomes = iter([{"status": "failed", "returncode": 1, "log_tail": ["boom"]}, _fake_record(0.9)])
+
+    def execute(cell: Cell, run_dir: Path) -> dict[str, Any]:
+        return next(outcomes)
+
+    store = ResultStore(tmp_path / "cells.json")
+    (first,) = run_cells("lr", cells, base, store, tmp_path, execute, str, stream=sys.stderr)
+    assert first[1]["status"] == "failed" and math.isnan(final_metric(first[1], "val_acc"))
+    (again,) = run_cells("lr", cells, base, store, tmp_path, execute, str, stream=sys.stderr)
+    assert again[1]["status"] == "failed"
+    (retried,) = run_cells("lr", cells, base, store, tmp_path, execute, str, retry_failed=True, stream=sys.stderr)
+    assert retried[1]["status"] == "ok"
+
+
+# ------------------------------------------------------------------------------------------------ tables, figures
+def _options(study: str, optimizers: tuple[str, ...] = ("AdamW", "AdaLo"), **overrides: Any) -> StudyOptions:
+    args = build_parser(list(STUDIES)).parse_args([study, "--optimizers", *optimizers, "--points", "3"])
+    options = build_options(STUDIES[study], args, [DIGITS])
+    for name, value in overrides.items():
+        setattr(options, name, value)
+    return options
+
+
+def _synthetic_results(study: str, options: StudyOptions) -> list[tuple[Cell, dict[str, Any]]]:
+    """Records for every cell of a study: final val_acc from the cell's position; one failed, one diverged."""
+    results = []
+    for index, cell in enumerate(plan_cells(STUDIES[study], options)):
+        record = _fake_record(0.80 + (index % 7) / 50, seconds=1.0 + index % 3)
+        if index == 1:
+            record = {"status": "failed", "returncode": 1, "probe": None, "log_tail": ["Traceback"]}
+        if index == 2:
+            record["probe"]["nonfinite_losses"] = 3
+        results.append((cell, record))
+    return results
+
+
+@pytest.mark.parametrize("study", ["lr", "warmup", "time", "memory"])
+def test_every_study_writes_its_markdown_table_and_png(study: str, tmp_path: Path) -> None:
+    options = _options(study)
+    results = _synthetic_results(study, options)
+    table, figure = write_report(STUDIES[study], options, results, tmp_path / "out", "digits")
+    assert table == tmp_path / "out" / "digits.md" and figure == tmp_path / "out" / "digits.png"
+    assert figure.read_bytes()[:8] == PNG_MAGIC and figure.stat().st_size > 5000
+    text = table.read_text()
+    assert text.startswith(f"# Study `{study}` on `digits`") and "![" in text
+    rows = [line for line in text.splitlines() if line.startswith("| `AdamW`") or line.startswith("| `AdaLo`")]
+    assert rows, text
+    assert "± " in text  # three seeds: mean ± std
+
+
+def test_lr_table_reports_the_good_band_of_each_optimizer(tmp_path: Path) -> None:
+    options = _options("lr", seeds=(0, 1, 2))
+    finals = {3.16e-05: 0.5, 0.001: 0.965, 0.0316: 0.97}  # AdamW's 3-point grid over 3 decades
+    results = []
+    for cell in plan_cells(STUDIES["lr"], options):
+        value = cell.setting.values[options.knobs[cell.optimizer].name]
+        final = finals.get(value, 0.2) + cell.seed / 1000  # AdaLo: every kappa bad
+        results.append((cell, _fake_record(final)))
+    text = STUDIES["lr"].table(options, results)
+    adamw = next(line for line in text.splitlines() if line.startswith("| `AdamW` | lr |"))
+    adalo = next(line for line in text.splitlines() if line.startswith("| `AdaLo` | kappa"))
+    assert "| 2/3 | lr 0.001–0.0316 | 1.5 | 0 |" in adamw
+    assert "| 0/3 | none | n/a | 0 |" in adalo
+
+
+def test_a_diverged_run_is_one_with_a_non_finite_loss_or_a_final_metric_past_the_threshold() -> None:
+    options = _options("warmup")
+    assert options.diverged == 0.5  # the digits default
+    record = _fake_record(0.9)
+    assert not diverged(record, options)
+    record["probe"]["nonfinite_losses"] = 1
+    assert diverged(record, options)
+    assert diverged(_fake_record(0.3), options)
+
+
+# ------------------------------------------------------------------------------------------------ argument errors
+@pytest.mark.parametrize(
+    ("argv", "key"),
+    [
+        (["nosuch"], "NAME"),
+        (["lr", "--band", "-0.5"], "--band"),
+        (["lr", "--points", "1"], "--points"),
+        (["lr", "--points", "many"], "--points"),
+        (["lr", "--decades", "0"], "--decades"),
+        (["lr", "--seeds", "0", "0"], "--seeds"),
+        (["lr", "--optimizers", "NoSuchOptimizer"], "--optimizers"),
+        (["lr", "--optimizers", "AdamW", "--knob", "AdamW=lr"], "--knob"),
+        (["lr", "--optimizers", "AdamW", "--knob", "SGD=lr:0.1"], "--knob"),
+        (["lr", "--optimizer.lr", "0.1"], "--optimizer.lr"),
+        (["lr", "--optimizer", "SGD"], "--optimizer"),
+        (["lr", "--trainer.callbacks", "[]"], "--trainer.callbacks"),
+        (["lr", "--trainer.default_root_dir", "x"], "--trainer.default_root_dir"),
+        (["lr", "--", "--seed_everything", "3"], "--seed_everything"),
+        (["lr", "--config", "no_such_config"], "no_such_config"),
+        (["lr", "--metric", "val_loss"], "--metric"),
+        (["time", "--metric", "val_loss", "--mode", "min"], "--target"),
+        (["warmup", "--scales", "1", "-1"], "--scales"),
+        (["warmup", "--warmup-start", "2"], "--warmup-start"),
+        (["lr", "--frobnicate"], "--frobnicate"),
+    ],
+)
+def test_a_bad_argument_is_one_line_naming_it_and_exit_status_2(
+    argv: list[str], key: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["study", *argv, "--out", str(tmp_path / "out"), "--runs-dir", str(tmp_path / "runs")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("lightning-opt study: error: "), err
+    assert key in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_installed_command_exits_with_status_2_on_a_bad_study(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "lightning_opt.cli", "study", "lr", "--points", "0"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2
+    expected = "lightning-opt study: error: Invalid --points: 0 (expected an integer >= 2)"
+    assert result.stderr.strip().splitlines() == [expected]
+
+
+def test_dry_run_lists_the_cells_and_the_first_command_and_runs_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    argv = ["study", "lr", "--optimizers", "AdamW", "AdaLo", "--points", "3", "--seeds", "0", "1", "2", "--dry-run"]
+    assert main([*argv, "--out", str(out), "--runs-dir", str(tmp_path / "runs")]) == 0
+    text = capsys.readouterr().out
+    assert "lr: 18 cells, 0 already done, 18 to run" in text
+    assert "AdaLo kappa=94.9 seed 2" in text and "AdamW lr=0.0316 seed 0" in text
+    assert "--optimizer torch.optim.AdamW --optimizer.lr 3.16e-05 --seed_everything 0" in text
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------------------ real runs
+def _study(name: str, tmp_path: Path, *extra: str) -> list[str]:
+    return [
+        "study", name, "--out", str(tmp_path / "out"), "--runs-dir", str(tmp_path / "runs"), *extra, *TINY_FIT,
+    ]  # fmt: skip
+
+
+def test_memory_study_of_one_real_cell_records_state_bytes_and_peak_memory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = _study("memory", tmp_path, "--optimizers", "AdamW", "--seeds", "0")
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "memory: 1 cells, 1 to run" in out and "[1/1] AdamW default seed 0: val_acc" in out
+    cells = json.loads((tmp_path / "out" / "digits.cells.json").read_text())["cells"]
+    (record,) = cells.values()
+    assert record["status"] == "ok", record.get("log_tail")
+    probe = record["probe"]
+    parameters = 64 * 128 + 128 + 128 * 64 + 64 + 64 * 10 + 10
+    assert probe["parameters"] == parameters and probe["steps"] == 8 and len(probe["validations"]) == 2
+    # AdamW: exp_avg and exp_avg_sq in float32 per parameter, plus a 0-d step per tensor
+    assert probe["state_bytes"] == 8 * parameters + 6 * 4
+    assert probe["peak_rss_bytes"] > 50 * 2**20
+    assert (tmp_path / "out" / "digits.png").read_bytes()[:8] == PNG_MAGIC
+    assert "| `AdamW` | 8 |" in (tmp_path / "out" / "digits.md").read_text()
+    assert main(argv) == 0  # rerun: nothing to run
+    assert "memory: 1 cells, 1 already done" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_lr_study_end_to_end_on_digits_then_resumes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = _study("lr", tmp_path, "--optimizers", "AdamW", "AdaLo", "--points", "2", "--decades", "1", "--seeds", "0")
+    assert main(argv) == 0
+    progress = capsys.readouterr().out
+    assert "lr: 4 cells, 4 to run" in progress and "[4/4] AdaLo kappa=0.949 seed 0" in progress
+    out = tmp_path / "out"
+    assert sorted(path.name for path in out.iterdir()) == ["digits.cells.json", "digits.md", "digits.png"]
+    assert (out / "digits.png").read_bytes()[:8] == PNG_MAGIC
+    cells = json.loads((out / "digits.cells.json").read_text())["cells"]
+    assert len(cells) == 4 and all(record["status"] == "ok" for record in cells.values())
+    assert {record["optimizer"] for record in cells.values()} == {"AdamW", "AdaLo"}
+    for record in cells.values():
+        validations = record["probe"]["validations"]
+        assert [entry["epoch"] for entry in validations] == [0, 1]
+        assert 0.0 <= validations[-1]["metrics"]["val_acc"] <= 1.0
+        assert not list((tmp_path / "runs" / record["key"]).rglob("*.ckpt"))  # checkpoints deleted
+    table = (out / "digits.md").read_text()
+    assert "| `AdamW` | lr |" in table and "| `AdaLo` | kappa (divides the step) |" in table
+    assert "(1 seed)" in table and "--optimizers AdamW AdaLo --points 2" in table
+    written = (out / "digits.cells.json").stat().st_mtime_ns
+    assert main(argv) == 0
+    rerun = capsys.readouterr().out
+    assert "lr: 4 cells, 4 already done" in rerun and "0 to run" in rerun and "[1/" not in rerun
+    assert (out / "digits.cells.json").stat().st_mtime_ns == written  # no cell ran again
+    argv_more = [*argv[: argv.index("--seeds") + 2], "1", *argv[argv.index("--seeds") + 2 :]]
+    assert main([*argv_more, "--dry-run"]) == 0  # a new seed: only its cells are to run
+    assert "lr: 8 cells, 4 already done, 4 to run" in capsys.readouterr().out
