@@ -220,25 +220,19 @@ class SM3(BaseOptimizer):
         return numbers, flags
 
     @staticmethod
-    def accumulate(
+    def update(
         param: torch.Tensor, grad: torch.Tensor, buffers: dict[str, torch.Tensor], hp: Hyperparameters, flags: Flags
-    ) -> dict[str, torch.Tensor]:
-        """First pass: this step's ``nu`` and its max over each slice of each dimension (the new accumulators)."""
+    ) -> None:
+        """One pass: this step's ``nu`` (from the old accumulators), the step, then the new accumulators (the max
+        of ``nu`` over each slice of each dimension). The accumulators are small: one graph that stages them in
+        a temporary reads the gradient once less than a reducing pass followed by an updating pass."""
         nu = _nu(grad, buffers, hp)
         dims = range(1, nu.dim())
         kept = _covering(buffers)
-        maxima = {f"max_{i}": nu.amax(dim=tuple(d for d in dims if d != i + 1), keepdim=True) for i in kept}
+        maxima = {i: nu.amax(dim=tuple(d for d in dims if d != i + 1), keepdim=True) for i in kept}
         # a dimension of size 1 has one slice, the whole tensor: its accumulator is the max of any other's
-        whole = maxima[f"max_{kept[0]}"].amax(dim=tuple(dims), keepdim=True)
-        maxima.update({f"max_{i}": whole for i in range(MAX_DIMS) if i not in kept})
-        return maxima
-
-    @staticmethod
-    def update_param(
-        param: torch.Tensor, grad: torch.Tensor, buffers: dict[str, torch.Tensor], hp: Hyperparameters, flags: Flags
-    ) -> None:
-        """Second pass: ``nu`` again (from the old accumulators), the step, then the new accumulators."""
-        direction = grad * torch.rsqrt(_nu(grad, buffers, hp) + hp["eps"])
+        whole = maxima[kept[0]].amax(dim=tuple(dims), keepdim=True)
+        direction = grad * torch.rsqrt(nu + hp["eps"])
         if flags["momentum"]:
             momentum_buffer = buffers["momentum_buffer"]
             momentum_buffer.lerp_(direction, 1.0 - hp["momentum"])
@@ -247,20 +241,16 @@ class SM3(BaseOptimizer):
             decoupled_weight_decay_(param, hp["decay_factor"])
         param.add_(direction * hp["neg_lr"])
         for i, name in enumerate(ACCUMULATORS):
-            new = hp[f"max_{i}"]
+            new = maxima.get(i, whole)
             accumulator = buffers[name]
             accumulator.copy_(torch.maximum(accumulator, new) if flags["ema"] else new)
-
-    # The accumulators' maxima over slices of nu are needed before they can be written, and nu needs the old
-    # ones: the first pass only reduces (one small output per dimension), the second recomputes nu elementwise.
-    phases = ("accumulate", "update_param")
 
 
 def _covering(buffers: dict[str, torch.Tensor]) -> list[int]:
     """The dimensions of the view whose accumulators can bound an entry: those of more than one slice.
 
     The accumulator of a dimension of size 1 (a padded one, say) covers the whole tensor: it is the max over every
-    slice of every other dimension, so it never wins the min and is only kept up to date (:meth:`SM3.accumulate`).
+    slice of every other dimension, so it never wins the min and is only kept up to date (:meth:`SM3.update`).
     All sizes 1 (a 0-d or one-element parameter): the last accumulator. Sizes of 1 are constant for a compiled graph.
     """
     kept = [i for i, name in enumerate(ACCUMULATORS) if buffers[name].shape[i + 1] != 1]
