@@ -57,7 +57,7 @@ DESCRIPTION = (
     "Train with post-Adam optimizers (--optimizer AdaLo, NSGDA, AdamAtan2...). "
     f"'lightning-opt {OPTIMIZERS_COMMAND}' lists them all; 'lightning-opt {TAILS_COMMAND} LOGDIR' reports "
     "gradient tails logged by GradientTailMonitor; "
-    f"'lightning-opt {STUDY_COMMAND} NAME' runs a study (lr, warmup, time, memory). "
+    f"'lightning-opt {STUDY_COMMAND} NAME' runs a study (lr, warmup, norm, accumulation, tails, time, memory). "
     "'lightning-opt --version' prints the version."
 )
 

@@ -15,7 +15,7 @@ import pytest
 
 from lightning_opt.cli import main
 from lightning_opt.recipes import find_config
-from lightning_opt.studies import STUDIES
+from lightning_opt.studies import STUDIES, accumulation, norm, tails
 from lightning_opt.studies.base import StudyOptions, diverged, final_metric
 from lightning_opt.studies.cells import Cell, FitBase, ResultStore, Setting, cell_key
 from lightning_opt.studies.command import build_options, build_parser, plan_cells, write_report
@@ -193,11 +193,16 @@ def _synthetic_results(study: str, options: StudyOptions) -> list[tuple[Cell, di
             record = {"status": "failed", "returncode": 1, "probe": None, "log_tail": ["Traceback"]}
         if index == 2:
             record["probe"]["nonfinite_losses"] = 3
+        if study == "tails" and record["status"] == "ok":
+            record["collected"] = {
+                "statistics": {name: [[4, 1.0 + index], [9, None], [14, 2.0 + index]] for name in tails.STATISTICS}
+            }
+            record["probe"]["final_metrics"] = {"SoftClip/clipped_units": 0.125}
         results.append((cell, record))
     return results
 
 
-@pytest.mark.parametrize("study", ["lr", "warmup", "time", "memory"])
+@pytest.mark.parametrize("study", ["lr", "warmup", "norm", "accumulation", "tails", "time", "memory"])
 def test_every_study_writes_its_markdown_table_and_png(study: str, tmp_path: Path) -> None:
     options = _options(study)
     results = _synthetic_results(study, options)
@@ -260,6 +265,16 @@ def test_a_diverged_run_is_one_with_a_non_finite_loss_or_a_final_metric_past_the
         (["warmup", "--scales", "1", "-1"], "--scales"),
         (["warmup", "--warmup-start", "2"], "--warmup-start"),
         (["lr", "--frobnicate"], "--frobnicate"),
+        (["norm", "--norms", "none", "none"], "--norms"),
+        (["norm", "--norms", "none"], "--norms"),
+        (["norm", "--norm-arg", "norm"], "--norm-arg"),
+        (["norm", "--model.norm", "none"], "--model.norm"),
+        (["accumulation", "--accumulate", "1"], "--accumulate"),
+        (["accumulation", "--batch", "0"], "--batch"),
+        (["accumulation", "--trainer.accumulate_grad_batches", "2"], "--trainer.accumulate_grad_batches"),
+        (["accumulation", "--data.batch_size=8"], "--data.batch_size"),
+        (["tails", "--clips", "none", "gradnorm"], "--clips"),
+        (["tails", "--tail-every", "0"], "--tail-every"),
     ],
 )
 def test_a_bad_argument_is_one_line_naming_it_and_exit_status_2(
@@ -354,3 +369,104 @@ def test_lr_study_end_to_end_on_digits_then_resumes(tmp_path: Path, capsys: pyte
     argv_more = [*argv[: argv.index("--seeds") + 2], "1", *argv[argv.index("--seeds") + 2 :]]
     assert main([*argv_more, "--dry-run"]) == 0  # a new seed: only its cells are to run
     assert "lr: 8 cells, 4 already done, 4 to run" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------------ norm, accumulation
+def test_norm_study_sets_the_models_norm_argument_and_reports_the_gap() -> None:
+    options = _options("norm", optimizers=("AdamW",), seeds=(0, 1, 2))
+    cells = plan_cells(STUDIES["norm"], options)
+    assert [cell.setting.args for cell in cells[::3]] == [("--model.norm", "layernorm"), ("--model.norm", "none")]
+    finals = {"layernorm": 0.97, "none": 0.93}
+    results = [(cell, _fake_record(finals[cell.setting.values["norm"]] + cell.seed / 1000)) for cell in cells]
+    text = norm.table(options, results)
+    assert "| `AdamW` | `layernorm` | 0.971 ± 0.001 (0.97–0.972) | 0/3 |  |" in text
+    assert "| `AdamW` | `none` | 0.931 ± 0.001 (0.93–0.932) | 0/3 | 0.04 |" in text
+
+
+def test_digits_mlp_takes_a_layer_norm_before_each_hidden_activation() -> None:
+    from lightning_opt.recipes.digits import DigitsClassifier
+
+    layers = [type(layer).__name__ for layer in DigitsClassifier(hidden_dims=(16, 8), norm="layernorm").net]
+    assert layers == ["Linear", "LayerNorm", "ReLU", "Linear", "LayerNorm", "ReLU", "Linear"]
+    assert "LayerNorm" not in [type(layer).__name__ for layer in DigitsClassifier().net]
+    with pytest.raises(ValueError, match="Invalid norm: 'batchnorm'"):
+        DigitsClassifier(norm="batchnorm")
+
+
+def test_accumulation_study_compares_a_big_batch_with_accumulated_micro_batches() -> None:
+    options = _options("accumulation", optimizers=("AdamW",), batch=16, accumulate=8, batch_arg="data.batch_size")
+    big, accumulated, exact = accumulation.settings(options, "AdamW")
+    assert big.args == ("--data.batch_size", "128")
+    assert accumulated.args == ("--data.batch_size", "16", "--trainer.accumulate_grad_batches", "8")
+    assert exact.args[:4] == accumulated.args and "lightning_opt.ExactAccumulation" in exact.args[4]
+    gap_curves = {"big": (0.5, 0.9), "accumulated": (0.5, 0.85), "exact": (0.5, 0.9)}
+    results = []
+    for cell in plan_cells(STUDIES["accumulation"], options):
+        record = _fake_record(0.0)
+        for entry, value in zip(record["probe"]["validations"], gap_curves[cell.setting.values["mode"]]):
+            entry["metrics"]["val_acc"] = value
+        results.append((cell, record))
+    text = accumulation.table(options, results)
+    assert "| `AdamW` | big batch 128 | 0.9 ± 0 (0.9–0.9) | 90 | 0/3 | reference |" in text
+    assert "| `AdamW` | 16 x 8 accumulated | 0.85 ± 0 (0.85–0.85) | 90 | 0/3 | 0.05 |" in text
+    assert "| `AdamW` | 16 x 8 accumulated + ExactAccumulation | 0.9 ± 0 (0.9–0.9) | 90 | 0/3 | 0 |" in text
+
+
+# ------------------------------------------------------------------------------------------------ tails
+def test_tails_study_puts_the_clipping_before_the_monitor_and_names_the_packages_statistics() -> None:
+    from lightning_opt.tails import tags
+
+    assert tails.STATISTICS == tags.STATISTICS
+    options = _options("tails", optimizers=("AdamW",), tail_every=7)
+    none, softclip, agc = tails.settings(options, "AdamW")
+    assert len(none.args) == 1 and '"every_n_steps": 7' in none.args[0]
+    assert "lightning_opt.SoftClip" in softclip.args[0] and "GradientTailMonitor" in softclip.args[1]
+    assert "lightning_opt.AdaptiveGradientClipping" in agc.args[0] and "GradientTailMonitor" in agc.args[1]
+
+
+def test_tails_collect_refuses_a_run_without_tail_statistics(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no gradient tail statistics were logged"):
+        tails.collect(tmp_path)
+
+
+@pytest.mark.slow
+def test_accumulation_study_on_digits_exact_accumulation_follows_the_big_batch(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [
+        "study", "accumulation", "--optimizers", "AdamW", "--seeds", "0", "--out", str(tmp_path / "out"),
+        "--runs-dir", str(tmp_path / "runs"), "--trainer.max_epochs", "2",
+    ]  # fmt: skip  (no limit_val_batches: the validation batch size differs between the modes)
+    assert main(argv) == 0
+    cells = json.loads((tmp_path / "out" / "digits.cells.json").read_text())["cells"]
+    by_mode = {record["setting"]["mode"]: record for record in cells.values()}
+    assert all(record["status"] == "ok" for record in by_mode.values())
+    # 1437 training samples: 12 steps of 128 per epoch, and 45 micro-batches of 32 in 12 windows of 4 (the last of 1)
+    assert {record["probe"]["steps"] for record in by_mode.values()} == {24}
+    finals = {mode: record["probe"]["validations"][-1]["metrics"]["val_loss"] for mode, record in by_mode.items()}
+    assert finals["exact"] == pytest.approx(finals["big"], rel=1e-4)
+    assert abs(finals["accumulated"] - finals["big"]) > 1e-4  # the partial last window tilts plain accumulation
+    assert (tmp_path / "out" / "digits.png").read_bytes()[:8] == PNG_MAGIC
+    assert "accumulated + ExactAccumulation" in (tmp_path / "out" / "digits.md").read_text()
+
+
+@pytest.mark.slow
+def test_tails_study_on_digits_reads_the_logged_statistics_back(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = _study("tails", tmp_path, "--optimizers", "AdamW", "--seeds", "0", "--clips", "none", "agc",
+                  "--tail-every", "2")  # fmt: skip
+    assert main(argv) == 0
+    cells = json.loads((tmp_path / "out" / "digits.cells.json").read_text())["cells"]
+    by_clip = {record["setting"]["clip"]: record for record in cells.values()}
+    assert set(by_clip) == {"none", "agc"}
+    for record in by_clip.values():
+        assert record["status"] == "ok", record.get("log_tail")
+        statistics = record["collected"]["statistics"]
+        assert set(statistics) == set(tails.STATISTICS)
+        assert [step for step, _ in statistics["kurtosis"]] == [1, 3, 5, 7]  # every 2nd of 8 optimizer steps
+        assert all(value is not None and math.isfinite(value) for _, value in statistics["hill_alpha"])
+    assert tails.clipped_share(by_clip["agc"]) > 0 and math.isnan(tails.clipped_share(by_clip["none"]))
+    table = (tmp_path / "out" / "digits.md").read_text()
+    assert "| `AdamW` | agc |" in table and "| `AdamW` | none |" in table
+    assert (tmp_path / "out" / "digits.png").read_bytes()[:8] == PNG_MAGIC

@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 from lightning_opt.studies.cells import Cell, Setting
 from lightning_opt.studies.knobs import StepKnob
-from lightning_opt.studies.stats import Mode, worse_than
+from lightning_opt.studies.stats import Mode, Summary, summarize, worse_than
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,13 @@ class StudyOptions:
         scales: warm-up study: the step scales (times the default step) each optimizer runs at.
         warmup_epochs: warm-up study: the epochs of the linear warm-up.
         warmup_start: warm-up study: the factor of the first epoch's step.
+        norms: norm study: the values of the model's normalisation argument.
+        norm_arg: norm study: that argument, as ``fit`` spells it after ``--`` (``model.norm``).
+        batch: accumulation study: the micro-batch size B.
+        accumulate: accumulation study: the accumulation steps N (the big batch is B x N).
+        batch_arg: accumulation study: the datamodule's batch-size argument (``data.batch_size``).
+        clips: tails study: the gradient clippings compared (``none``, ``softclip``, ``agc``).
+        tail_every: tails study: the tail statistics are logged every this many optimizer steps.
         description: a line about the run for the table's header (config, command).
     """
 
@@ -83,6 +90,13 @@ class StudyOptions:
     scales: tuple[float, ...] = (1.0, 10.0)
     warmup_epochs: int = 5
     warmup_start: float = 0.1
+    norms: tuple[str, ...] = ("layernorm", "none")
+    norm_arg: str = "model.norm"
+    batch: int = 32
+    accumulate: int = 4
+    batch_arg: str = "data.batch_size"
+    clips: tuple[str, ...] = ("none", "softclip", "agc")
+    tail_every: int = 45
     description: list[str] = field(default_factory=list)
 
 
@@ -158,6 +172,27 @@ def diverged(record: Mapping[str, Any], options: StudyOptions) -> bool:
     return worse_than(final_metric(record, options.metric), options.diverged, options.mode)
 
 
+def validation_curve(records: Sequence[Mapping[str, Any]], metric: str) -> tuple[list[int], list[Summary]]:
+    """The metric at each validation epoch, summarised over the records (seeds) of ``ok`` cells: the epochs
+    and a :class:`~lightning_opt.studies.stats.Summary` per epoch.
+
+    Example:
+        >>> records = [{"status": "ok", "probe": {"validations": [{"epoch": 0, "metrics": {"m": v}}]}}
+        ...            for v in (1.0, 3.0)]
+        >>> epochs, summaries = validation_curve(records, "m")
+        >>> epochs, summaries[0].mean
+        ([0], 2.0)
+    """
+    by_epoch: dict[int, list[float]] = {}
+    for record in records:
+        if record.get("status") != "ok":
+            continue
+        for entry in history(record):
+            by_epoch.setdefault(int(entry["epoch"]), []).append(metric_value(entry.get("metrics", {}).get(metric)))
+    epochs = sorted(by_epoch)
+    return epochs, [summarize(by_epoch[epoch]) for epoch in epochs]
+
+
 def group(results: Results, by: Callable[[Cell], Any]) -> dict[Any, list[dict[str, Any]]]:
     """The records of ``results`` grouped by ``by(cell)``, groups in first-seen order."""
     grouped: dict[Any, list[dict[str, Any]]] = {}
@@ -223,4 +258,5 @@ __all__ = [
     "history",
     "markdown_table",
     "metric_value",
+    "validation_curve",
 ]

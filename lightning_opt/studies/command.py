@@ -106,6 +106,30 @@ def build_parser(studies: Sequence[str]) -> argparse.ArgumentParser:
     parser.add_argument(
         "--warmup-start", type=float, default=0.1, help="warmup: the first epoch's step factor (default: 0.1)"
     )
+    parser.add_argument(
+        "--norms", nargs="+", default=["layernorm", "none"], metavar="VALUE",
+        help="norm: the values of the model's normalisation argument (default: layernorm none)",
+    )
+    parser.add_argument(
+        "--norm-arg", default="model.norm", metavar="ARG",
+        help="norm: the model's normalisation argument (default: model.norm)",
+    )
+    parser.add_argument("--batch", type=int, default=32, help="accumulation: the micro-batch size B (default: 32)")
+    parser.add_argument(
+        "--accumulate", type=int, default=4, help="accumulation: N micro-batches per step; big batch B x N (default: 4)"
+    )
+    parser.add_argument(
+        "--batch-arg", default="data.batch_size", metavar="ARG",
+        help="accumulation: the datamodule's batch-size argument (default: data.batch_size)",
+    )
+    parser.add_argument(
+        "--clips", nargs="+", default=["none", "softclip", "agc"], metavar="CLIP",
+        help="tails: the gradient clippings compared, of none, softclip, agc (default: all three)",
+    )
+    parser.add_argument(
+        "--tail-every", type=int, default=45,
+        help="tails: log the tail statistics every this many optimizer steps (default: 45, an epoch of digits)",
+    )
     parser.add_argument("--retry-failed", action="store_true", help="run again the cells whose fit failed")
     parser.add_argument("--dry-run", action="store_true", help="list the cells and the first command; run nothing")
     return parser
@@ -215,6 +239,17 @@ def build_options(study: Study, args: argparse.Namespace, configs: Sequence[str]
     _check(0 < args.warmup_start <= 1, "--warmup-start", args.warmup_start, "a factor in (0, 1]")
     _check(all(seed >= 0 for seed in args.seeds), "--seeds", args.seeds, "integers >= 0")
     _check(len(set(args.seeds)) == len(args.seeds), "--seeds", args.seeds, "distinct seeds")
+    _check(len(set(args.norms)) == len(args.norms) and len(args.norms) >= 2, "--norms", args.norms,
+           "two or more distinct values")
+    _check(_is_argument(args.norm_arg), "--norm-arg", args.norm_arg, "an argument such as model.norm")
+    _check(args.batch >= 1, "--batch", args.batch, "an integer >= 1")
+    _check(args.accumulate >= 2, "--accumulate", args.accumulate, "an integer >= 2")
+    _check(_is_argument(args.batch_arg), "--batch-arg", args.batch_arg, "an argument such as data.batch_size")
+    from lightning_opt.studies.tails import CLIPS
+
+    _check(set(args.clips) <= set(CLIPS) and len(set(args.clips)) == len(args.clips), "--clips", args.clips,
+           f"distinct values of {', '.join(CLIPS)}")
+    _check(args.tail_every >= 1, "--tail-every", args.tail_every, "an integer >= 1")
     optimizers = tuple(args.optimizers or study.default_optimizers)
     _check(len(set(optimizers)) == len(optimizers), "--optimizers", list(optimizers), "distinct names")
     paths: dict[str, str] = {}
@@ -236,7 +271,15 @@ def build_options(study: Study, args: argparse.Namespace, configs: Sequence[str]
         optimizers=optimizers, class_paths=paths, knobs=knobs, seeds=tuple(args.seeds), metric=metric, mode=mode,
         band=band, diverged=diverged, target=target, points=args.points, decades=args.decades,
         scales=tuple(float(s) for s in args.scales), warmup_epochs=args.warmup_epochs, warmup_start=args.warmup_start,
+        norms=tuple(args.norms), norm_arg=args.norm_arg, batch=args.batch, accumulate=args.accumulate,
+        batch_arg=args.batch_arg, clips=tuple(args.clips), tail_every=args.tail_every,
     )  # fmt: skip
+
+
+def _is_argument(text: str) -> bool:
+    """Whether ``text`` looks like a ``fit`` argument without its dashes (``model.norm``)."""
+    parts = text.split(".")
+    return len(parts) >= 2 and all(part.isidentifier() for part in parts)
 
 
 def _check(ok: bool, key: str, value: Any, expected: str) -> None:
