@@ -470,3 +470,24 @@ def test_tails_study_on_digits_reads_the_logged_statistics_back(
     table = (tmp_path / "out" / "digits.md").read_text()
     assert "| `AdamW` | agc |" in table and "| `AdamW` | none |" in table
     assert (tmp_path / "out" / "digits.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_an_interrupted_study_exits_130_keeps_the_finished_cells_and_resumes(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    study = _study("time", tmp_path, "--optimizers", "AdamW", "--seeds", "0", "1")
+    argv = [sys.executable, "-m", "lightning_opt.cli", *study]
+    cells_file = tmp_path / "out" / "digits.cells.json"
+    process = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not cells_file.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)  # the second cell's fit is running
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err[-2000:]
+    assert "interrupted: 1 of 2 cells saved" in err
+    assert len(json.loads(cells_file.read_text())["cells"]) == 1
+    result = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "time: 2 cells, 1 already done" in result.stdout and "[2/2] AdamW default seed 1" in result.stdout
