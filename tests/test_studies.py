@@ -491,3 +491,16 @@ def test_an_interrupted_study_exits_130_keeps_the_finished_cells_and_resumes(tmp
     result = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "time: 2 cells, 1 already done" in result.stdout and "[2/2] AdamW default seed 1" in result.stdout
+
+
+def test_a_config_without_defaults_reads_validation_loss_and_the_time_study_then_needs_a_target(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "mine.yaml"
+    config.write_text(Path(DIGITS).read_text())
+    args = build_parser(list(STUDIES)).parse_args(["lr", "--optimizers", "AdamW"])
+    options = build_options(STUDIES["lr"], args, [str(config)])
+    assert (options.metric, options.mode, options.band, options.target) == ("val_loss", "min", 0.05, None)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["study", "time", "--config", str(config), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2 and "Invalid --target" in capsys.readouterr().err

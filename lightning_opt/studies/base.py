@@ -40,6 +40,10 @@ class MetricDefaults:
 RECIPE_DEFAULTS: dict[str, MetricDefaults] = {
     # 10 classes: chance is 0.1; a run below 0.5 at the end did not train. AdaLo and AdamW reach ~0.97.
     "digits": MetricDefaults("val_acc", "max", band=0.01, diverged=0.5, target=0.95),
+    # the byte-level transformer (with and without its normalisation layers): validation loss in nats per byte;
+    # no target until the recipe's results are measured (give --target to the time study)
+    "char_lm": MetricDefaults("val_loss", "min", band=0.02),
+    "char_lm_nonorm": MetricDefaults("val_loss", "min", band=0.02),
 }
 """Per packaged config (by file name without ``.yaml``): the metric and thresholds its studies use by default."""
 
