@@ -12,13 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from lightning_opt.cli import main
 from lightning_opt.recipes import find_config
 from lightning_opt.studies import STUDIES, accumulation, norm, tails
 from lightning_opt.studies.base import StudyOptions, diverged, final_metric
 from lightning_opt.studies.cells import Cell, FitBase, ResultStore, Setting, cell_key
-from lightning_opt.studies.command import build_options, build_parser, plan_cells, write_report
+from lightning_opt.studies.command import StudyArgumentError, build_options, build_parser, plan_cells, write_report
+from lightning_opt.studies.knobs import StepKnob
 from lightning_opt.studies.runner import run_cells
 from lightning_opt.studies.stats import first_reaching, good_band, summarize, within_band
 
@@ -504,3 +506,22 @@ def test_a_config_without_defaults_reads_validation_loss_and_the_time_study_then
     with pytest.raises(SystemExit) as exit_info:
         main(["study", "time", "--config", str(config), "--out", str(tmp_path / "out")])
     assert exit_info.value.code == 2 and "Invalid --target" in capsys.readouterr().err
+
+
+class NoLrDefault(torch.optim.SGD):
+    """An optimizer whose ``lr`` has no default: the lr and warm-up studies need ``--knob`` for it."""
+
+    def __init__(self, params: Any, lr: float) -> None:
+        super().__init__(params, lr=lr)
+
+
+def test_only_the_studies_that_vary_the_step_need_a_step_knob_for_every_optimizer() -> None:
+    name = f"{__name__}.NoLrDefault"
+    parser = build_parser(list(STUDIES))
+    options = build_options(STUDIES["memory"], parser.parse_args(["memory", "--optimizers", name]), [DIGITS])
+    assert options.class_paths == {name: name} and options.knobs == {}
+    for study in ("lr", "warmup"):
+        with pytest.raises(StudyArgumentError, match=r"Invalid --optimizers: .* has no lr default .* --knob"):
+            build_options(STUDIES[study], parser.parse_args([study, "--optimizers", name]), [DIGITS])
+    given = parser.parse_args(["lr", "--optimizers", name, "--knob", f"{name}=lr:0.01"])
+    assert build_options(STUDIES["lr"], given, [DIGITS]).knobs[name] == StepKnob("lr", 0.01)

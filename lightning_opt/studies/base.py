@@ -58,7 +58,7 @@ class StudyOptions:
     Args:
         optimizers: the optimizers' names, as given (row labels).
         class_paths: their full class paths, by name.
-        knobs: the step knob of each optimizer, by name.
+        knobs: the step knob of each optimizer, by name (studies that do not vary it may lack an optimizer's).
         seeds: the seeds every cell runs with.
         metric: the validation metric read.
         mode: whether larger (``"max"``) or smaller (``"min"``) is better.
@@ -120,6 +120,7 @@ class Study:
         table: ``table(options, results) -> markdown``.
         plot: ``plot(options, results, path)`` writes the PNG.
         needs_target: the study reads ``options.target`` (and needs one).
+        uses_knob: the study varies each optimizer's step knob (and needs one per optimizer).
         collect: ``collect(run_dir) -> dict``, what the study reads from a finished cell's directory besides the
             probe (e.g. logged tail statistics), saved in the cell's record as ``collected``; or ``None``.
     """
@@ -131,6 +132,7 @@ class Study:
     table: Callable[[StudyOptions, Results], str]
     plot: Callable[[StudyOptions, Results, Path], None]
     needs_target: bool = False
+    uses_knob: bool = False
     collect: Optional[Callable[[Path], dict[str, Any]]] = None
 
 

@@ -264,9 +264,16 @@ def build_options(study: Study, args: argparse.Namespace, configs: Sequence[str]
     for name in optimizers:
         try:
             paths[name] = class_path(name)
-            knobs[name] = given[name] if name in given else default_knob(name)
         except ValueError as error:
             raise StudyArgumentError(f"Invalid --optimizers: {error}") from None
+        if name in given:
+            knobs[name] = given[name]
+            continue
+        try:
+            knobs[name] = default_knob(name)
+        except ValueError as error:
+            if study.uses_knob:  # the others run each optimizer at its defaults and need no step knob
+                raise StudyArgumentError(f"Invalid --optimizers: {error}") from None
     return StudyOptions(
         optimizers=optimizers, class_paths=paths, knobs=knobs, seeds=tuple(args.seeds), metric=metric, mode=mode,
         band=band, diverged=diverged, target=target, points=args.points, decades=args.decades,

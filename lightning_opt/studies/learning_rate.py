@@ -156,6 +156,7 @@ STUDY = Study(
     settings=settings,
     table=table,
     plot=plot,
+    uses_knob=True,
 )
 
 __all__ = ["DEFAULT_OPTIMIZERS", "STUDY", "grid_means", "plot", "settings", "table"]

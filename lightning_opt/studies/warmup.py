@@ -127,6 +127,7 @@ STUDY = Study(
     settings=settings,
     table=table,
     plot=plot,
+    uses_knob=True,
 )
 
 __all__ = ["DEFAULT_OPTIMIZERS", "STUDY", "WARMUPS", "plot", "settings", "table"]
