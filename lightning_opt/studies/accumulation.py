@@ -118,25 +118,42 @@ def table(options: StudyOptions, results: Results) -> str:
 
 
 def plot(options: StudyOptions, results: Results, path: Path) -> None:
-    """The three modes' validation curves overlaid (mean over seeds, min–max shaded), one panel per optimizer."""
+    """Top row: the three modes' validation curves overlaid (mean over seeds, min–max shaded), one column per
+    optimizer. Bottom row: each accumulated mode's mean curve minus the big batch's (0: the same training)."""
     grouped = group(results, lambda cell: (cell.optimizer, cell.setting.values["mode"]))
     columns = len(options.optimizers)
-    figure, panels = new_figure(max(4.0, 3.2 * columns), 3.6, columns=columns)
+    figure, _ = new_figure(max(4.0, 3.2 * columns), 6.4, columns=0)
     styles = {"big": "-", "accumulated": "--", "exact": ":"}
-    for axes, optimizer in zip(panels, options.optimizers):
+    for column, optimizer in enumerate(options.optimizers):
+        curves = figure.add_subplot(2, columns, column + 1)
+        differences = figure.add_subplot(2, columns, columns + column + 1)
+        means: dict[str, dict[int, float]] = {}
         for index, mode in enumerate(MODES):
             epochs, summaries = validation_curve(grouped.get((optimizer, mode), []), options.metric)
             if not epochs:
                 continue
-            axes.plot(epochs, [s.mean for s in summaries], color=colour(index), linestyle=styles[mode],
-                      linewidth=1.4, label=_mode_label(mode, options))
-            axes.fill_between(epochs, [s.low for s in summaries], [s.high for s in summaries], color=colour(index),
-                              alpha=0.12)
-        axes.set_title(optimizer, fontsize=9)
-        axes.set_xlabel("epoch", fontsize=8)
-        axes.grid(alpha=0.3)
-        axes.legend(fontsize=6)
-    panels[0].set_ylabel(f"{options.metric} (mean over seeds, min–max shaded)", fontsize=8)
+            means[mode] = {epoch: s.mean for epoch, s in zip(epochs, summaries)}
+            curves.plot(epochs, [s.mean for s in summaries], color=colour(index), linestyle=styles[mode],
+                        linewidth=1.4, label=_mode_label(mode, options))
+            curves.fill_between(epochs, [s.low for s in summaries], [s.high for s in summaries], color=colour(index),
+                                alpha=0.12)
+        for index, mode in enumerate(MODES):
+            if mode == "big" or mode not in means or "big" not in means:
+                continue
+            shared = sorted(set(means[mode]) & set(means["big"]))
+            differences.plot(
+                shared, [means[mode][epoch] - means["big"][epoch] for epoch in shared], color=colour(index),
+                linestyle=styles[mode], linewidth=1.2, label=_mode_label(mode, options),
+            )
+        differences.axhline(0.0, color="grey", linewidth=0.8)
+        curves.set_title(optimizer, fontsize=9)
+        differences.set_xlabel("epoch", fontsize=8)
+        for axes in (curves, differences):
+            axes.grid(alpha=0.3)
+            axes.legend(fontsize=6)
+        if column == 0:
+            curves.set_ylabel(f"{options.metric} (mean over seeds, min–max shaded)", fontsize=8)
+            differences.set_ylabel(f"minus the big batch's mean {options.metric}", fontsize=8)
     save_figure(figure, path)
 
 

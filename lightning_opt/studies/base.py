@@ -228,7 +228,8 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
 
 
 def new_figure(width: float, height: float, columns: int = 1) -> tuple[Any, list[Any]]:
-    """A matplotlib figure on an Agg canvas (no pyplot, no display) and its ``columns`` axes."""
+    """A matplotlib figure on an Agg canvas (no pyplot, no display) and its ``columns`` axes in one row
+    (``columns=0``: none, for a figure that lays out its own)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
