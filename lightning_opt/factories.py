@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Union
 
 import torch
 from torch import nn
 
+from lightning_opt.engine.base import BaseOptimizer
 from lightning_opt.registry import REGISTRY, find_spec
+from lightning_opt.transforms.constraints import REGULARIZERS, check_regularizer
 
 NoDecayRule = Callable[[str, nn.Parameter, nn.Module], bool]
 """``rule(parameter_name, parameter, owning_module) -> True`` to exempt the parameter from weight decay."""
@@ -23,6 +25,10 @@ NORM_TYPES: tuple[type[nn.Module], ...] = (
     *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),
 )
 EMBEDDING_TYPES: tuple[type[nn.Module], ...] = (nn.Embedding, nn.EmbeddingBag)
+
+REGULARIZER_KEYS: dict[str, tuple[str, ...]] = {"norm_loss": ("norm_loss_factor",), "cpr": ("cpr_mu", "cpr_warm_start")}
+"""The parameter-group keys each regulariser takes besides ``"regularizer"``
+(:mod:`lightning_opt.transforms.constraints`)."""
 
 
 def default_no_decay(name: str, param: nn.Parameter, module: nn.Module) -> bool:
@@ -42,6 +48,7 @@ def param_groups_for_weight_decay(
     no_decay: Union[NoDecayRule, Sequence[str], None] = None,
     *,
     replace_default: bool = False,
+    decayed_keys: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Split the trainable parameters of ``module`` into a decayed group and a group with no weight decay.
 
@@ -68,6 +75,8 @@ def param_groups_for_weight_decay(
             for none.
         replace_default: use ``no_decay`` instead of the default rule (it then needs a ``no_decay``;
             ``no_decay=[]`` decays everything the model does not exempt itself).
+        decayed_keys: more keys for the decayed group only, such as a regulariser's
+            (:func:`regularizer_group_keys`); ``None`` for none.
 
     Returns:
         Up to two groups, decayed first (empty ones are dropped), each with ``params`` and ``weight_decay``.
@@ -80,7 +89,24 @@ def param_groups_for_weight_decay(
         [4]
         >>> [len(g["params"]) for g in param_groups_for_weight_decay(model, 0.1, [], replace_default=True)]
         [4]
+        >>> groups = param_groups_for_weight_decay(model, 0.0, decayed_keys={"regularizer": "cpr"})
+        >>> [g.get("regularizer") for g in groups]
+        ['cpr', None]
     """
+    if decayed_keys is not None and (not isinstance(decayed_keys, Mapping) or "params" in decayed_keys):
+        raise ValueError(f"Invalid decayed_keys: {decayed_keys!r} (expected a dict of group keys other than 'params')")
+    decay, exempt = _split_for_weight_decay(module, no_decay, replace_default)
+    groups = [
+        {**(decayed_keys or {}), "params": decay, "weight_decay": weight_decay},
+        {"params": exempt, "weight_decay": 0.0},
+    ]
+    return [group for group in groups if group["params"]]
+
+
+def _split_for_weight_decay(
+    module: nn.Module, no_decay: Union[NoDecayRule, Sequence[str], None], replace_default: bool
+) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """The decayed and the exempt trainable parameters of ``module`` (see :func:`param_groups_for_weight_decay`)."""
     if not isinstance(replace_default, bool):
         raise ValueError(f"Invalid replace_default: {replace_default!r} (expected True or False)")
     if replace_default and no_decay is None:
@@ -104,8 +130,7 @@ def param_groups_for_weight_decay(
             exempt_by_id[id(param)] = exempt_by_id.get(id(param), False) or rule(full_name, param, child)
     decay = [param for key, param in params_by_id.items() if not exempt_by_id[key]]
     exempt = [param for key, param in params_by_id.items() if exempt_by_id[key]]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": exempt, "weight_decay": 0.0}]
-    return [group for group in groups if group["params"]]
+    return decay, exempt
 
 
 def _declared_by_model(module: nn.Module) -> Callable[[str], bool]:
@@ -143,6 +168,8 @@ def build_optimizer(
     weight_decay: float | None = None,
     no_decay: Union[NoDecayRule, Sequence[str], None] = None,
     replace_default: bool = False,
+    regularizer: str | None = None,
+    regularizer_kwargs: dict[str, Any] | None = None,
     scheduler: Union[str, type[torch.optim.lr_scheduler.LRScheduler], None] = None,
     scheduler_kwargs: dict[str, Any] | None = None,
     interval: str = "step",
@@ -155,17 +182,31 @@ def build_optimizer(
     (``use_muon=True``) and the rest (embeddings, the output layer, biases, norms: ``use_muon=False``), see
     :func:`~lightning_opt.optim.muon.muon_param_groups`.
 
+    ``regularizer`` puts Norm Loss or CPR (:mod:`lightning_opt.transforms.constraints`) on the decayed group
+    only, as a replacement of its weight decay: the parameters exempt from decay (biases, norm gains,
+    embeddings, and what ``no_decay`` or the model exempts) get neither. CPR's authors likewise constrain the
+    weight matrices and leave biases and normalisation parameters alone, and Norm Loss is defined on weight
+    vectors (its unit norm means nothing for a bias). Without an explicit ``weight_decay`` the regularised group
+    gets no weight decay (``weight_decay=0``); give one to apply both (Ranger21 runs Norm Loss beside its
+    decoupled weight decay). The regularisers run inside the package's optimizers, so a ``torch.optim`` name
+    is refused with them.
+
     Args:
         model: a module (its parameters are split into decay / no-decay groups) or an iterable of
             parameters (one group, no split).
         name: a registered optimizer (``"AdaLo"``, ``"NSGDA"``, ``"AdamAtan2"``, case-insensitive; see
             ``lightning-opt optimizers``) or any ``torch.optim`` class name (``"AdamW"``) for baselines.
-        weight_decay: decay of the decayed group; ``None`` keeps the optimizer's default. The no-decay
-            group always gets 0.
+        weight_decay: decay of the decayed group; ``None`` keeps the optimizer's default, or 0 with a
+            ``regularizer``. The no-decay group always gets 0.
         no_decay: exemptions from decay added to the default rule (biases, 0-d/1-d tensors, norms,
             embeddings, and what the model's ``no_weight_decay()`` names), see
             :func:`param_groups_for_weight_decay`.
         replace_default: use ``no_decay`` instead of the default rule.
+        regularizer: ``"norm_loss"`` or ``"cpr"`` on the decayed group (with a plain iterable of parameters:
+            on its one group); ``None`` (default) for none. Only for the package's optimizers.
+        regularizer_kwargs: the regulariser's numbers, named as its group keys: ``{"norm_loss_factor":
+            1e-4}`` for Norm Loss, ``{"cpr_mu": 1.0, "cpr_warm_start": 1000}`` for CPR (those are the defaults;
+            any may be left out), see :func:`regularizer_group_keys`.
         scheduler: optional ``torch.optim.lr_scheduler`` class or class name (``"CosineAnnealingLR"``).
         scheduler_kwargs: keyword arguments of the scheduler.
         interval: ``"step"`` or ``"epoch"``: when Lightning steps the scheduler.
@@ -181,17 +222,29 @@ def build_optimizer(
             return lightning_opt.build_optimizer(self, "AdamAtan2", lr=3e-3, weight_decay=0.05,
                                                  scheduler="CosineAnnealingLR",
                                                  scheduler_kwargs={"T_max": self.trainer.max_steps})
+
+        def configure_optimizers(self):  # CPR instead of weight decay on the weights; biases, norms: neither
+            return lightning_opt.build_optimizer(self, "AdaLo", regularizer="cpr",
+                                                 regularizer_kwargs={"cpr_warm_start": 500})
     """
     optimizer_cls = resolve_optimizer_class(name)
+    keys = regularizer_group_keys(regularizer, regularizer_kwargs)
+    if keys and not issubclass(optimizer_cls, BaseOptimizer):
+        raise ValueError(
+            f"Invalid regularizer: {regularizer!r} with {name!r} ({optimizer_cls.__module__}.{optimizer_cls.__name__} "
+            "is not one of the package's optimizers, which run the regularisers; see lightning-opt optimizers)"
+        )
     if weight_decay is None:
-        weight_decay = _default_weight_decay(optimizer_cls)
+        weight_decay = 0.0 if keys else _default_weight_decay(optimizer_cls)
     if isinstance(model, nn.Module):
-        params: Any = param_groups_for_weight_decay(model, weight_decay, no_decay, replace_default=replace_default)
+        params: Any = param_groups_for_weight_decay(
+            model, weight_decay, no_decay, replace_default=replace_default, decayed_keys=keys
+        )
         module_groups = getattr(optimizer_cls, "module_param_groups", None)
         if callable(module_groups):  # an optimizer that treats layers differently (Muon) splits them further
             params = module_groups(model, params)
     else:
-        params = [{"params": list(model), "weight_decay": weight_decay}]
+        params = [{**keys, "params": list(model), "weight_decay": weight_decay}]
     if "weight_decay" not in inspect.signature(optimizer_cls).parameters:
         raise ValueError(f"Invalid name: {name!r} takes no weight_decay argument; build it directly instead")
     optimizer = optimizer_cls(params, weight_decay=weight_decay, **optimizer_kwargs)
@@ -204,6 +257,55 @@ def build_optimizer(
     scheduler_cls = _resolve_scheduler(scheduler)
     lr_scheduler = scheduler_cls(optimizer, **(scheduler_kwargs or {}))
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": lr_scheduler, "interval": interval, "frequency": 1}}
+
+
+def regularizer_group_keys(
+    regularizer: str | None = None, regularizer_kwargs: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The parameter-group keys that choose a regulariser, validated: what :func:`build_optimizer` and
+    ``lightning-opt fit --regularizer.name`` put on the decayed group.
+
+    The values are checked by :func:`~lightning_opt.transforms.constraints.check_regularizer` (the check the
+    optimizers run on every group) and returned normalised, with the regulariser's defaults filled in.
+
+    Args:
+        regularizer: ``"norm_loss"``, ``"cpr"`` or ``None`` (no keys).
+        regularizer_kwargs: the regulariser's own keys: ``norm_loss_factor`` for Norm Loss, ``cpr_mu`` and
+            ``cpr_warm_start`` for CPR; another regulariser's key, or any with ``regularizer=None``, is refused.
+
+    Returns:
+        ``{}`` without a regulariser, else ``{"regularizer": ..., <its keys>: ...}``.
+
+    Raises:
+        ValueError: a bad name, key or value (the message names it and quotes the value).
+
+    Example:
+        >>> regularizer_group_keys("cpr", {"cpr_warm_start": 500})
+        {'regularizer': 'cpr', 'cpr_mu': 1.0, 'cpr_warm_start': 500}
+        >>> regularizer_group_keys("norm_loss", {"cpr_mu": 2.0})
+        Traceback (most recent call last):
+        ...
+        ValueError: Invalid regularizer_kwargs: {'cpr_mu': 2.0} ('norm_loss' takes norm_loss_factor)
+    """
+    if regularizer_kwargs is not None and not isinstance(regularizer_kwargs, Mapping):
+        raise ValueError(f"Invalid regularizer_kwargs: {regularizer_kwargs!r} (expected a dict or None)")
+    given = dict(regularizer_kwargs or {})
+    if regularizer is None:
+        if given:
+            raise ValueError(f"Invalid regularizer_kwargs: {given!r} given without a regularizer")
+        return {}
+    checked = check_regularizer(regularizer, **_known(regularizer, given))  # the name and values
+    return {"regularizer": checked["regularizer"], **{key: checked[key] for key in REGULARIZER_KEYS[regularizer]}}
+
+
+def _known(regularizer: Any, given: dict[str, Any]) -> dict[str, Any]:
+    """``given``, if every key belongs to ``regularizer`` (an unknown name is left to ``check_regularizer``)."""
+    if regularizer not in REGULARIZERS:
+        return {}
+    allowed = REGULARIZER_KEYS[regularizer]
+    if any(key not in allowed for key in given):
+        raise ValueError(f"Invalid regularizer_kwargs: {given!r} ({regularizer!r} takes {', '.join(allowed)})")
+    return given
 
 
 def optimizer_class_for_name(name: str) -> type[torch.optim.Optimizer] | None:

@@ -9,6 +9,8 @@ Besides LightningCLI's own behaviour, :class:`LightningOptCLI`
   command-line key, the value and the bound (exit status 2), whether the type check of the parser or the
   class's own ``__init__`` rejects it;
 - shows help without Sphinx markup;
+- takes ``--regularizer.name norm_loss`` or ``cpr`` (:class:`RegularizerOptions`), which puts Norm Loss or CPR
+  on the weights that would be decayed, as :func:`~lightning_opt.build_optimizer` does;
 - turns Lightning's progress bar off when standard output is not a terminal (unless the command line or the
   config sets ``trainer.enable_progress_bar``) and prints one line per epoch instead;
 - prints a summary after ``fit``: the validation metrics, the optimizer, the callbacks, the time and the logs.
@@ -25,6 +27,7 @@ import sys
 import time
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, NoReturn, Optional
 
 import torch
@@ -40,6 +43,9 @@ import lightning_opt  # noqa: F401  (makes AdaLo, NSGDA, AdamAtan2... resolvable
 import lightning_opt.callbacks  # noqa: F401  (makes LossFeeder, SoftClip... resolvable by short name)
 import lightning_opt.recipes.digits  # noqa: F401  (makes DigitsClassifier / DigitsDataModule resolvable by short name)
 from lightning_opt.cli import DESCRIPTION, PROG, qualify_optimizer_names, unknown_optimizer_message
+from lightning_opt.engine.base import BaseOptimizer
+from lightning_opt.factories import REGULARIZER_KEYS, param_groups_for_weight_decay, regularizer_group_keys
+from lightning_opt.optim.lookahead import Lookahead
 
 DEFAULT_MODEL = "lightning_opt.recipes.digits.DigitsClassifier"
 """The model used when neither the config nor the command line names one."""
@@ -93,6 +99,70 @@ class PlainHelpFormatter(DefaultHelpFormatter):
     @override
     def start_section(self, heading: Optional[str]) -> None:
         super().start_section(None if heading is None else plain_help(heading))
+
+
+# ------------------------------------------------------------------------------------------------ regulariser
+@dataclass
+class RegularizerOptions:
+    """A parameter-side regulariser on the decayed parameters, instead of their weight decay (``--regularizer``).
+
+    With a ``name``, ``--optimizer`` (one of the package's optimizers, or :class:`~lightning_opt.Lookahead`
+    around one) gets two groups, split as :func:`~lightning_opt.build_optimizer` splits them: the weights
+    with Norm Loss or CPR (:mod:`lightning_opt.transforms.constraints`) and no weight decay, and the biases,
+    norm gains and embeddings with neither. Unset numbers take the regulariser's defaults. In a config::
+
+        regularizer:
+          name: cpr
+          cpr_warm_start: 500
+
+    Args:
+        name: norm_loss (Norm Loss, arXiv:2103.06583) or cpr (CPR, arXiv:2311.09058); null for none.
+        norm_loss_factor: Norm Loss's factor (default 1e-4); only with name norm_loss.
+        cpr_mu: the step of CPR's Lagrange multipliers (default 1.0); only with name cpr.
+        cpr_warm_start: the update after which CPR fixes each tensor's bound (default 1000); only with name cpr.
+        keep_weight_decay: also apply --optimizer.weight_decay to the regularised weights (Ranger21 runs Norm
+            Loss beside weight decay); by default the regulariser replaces it.
+
+    Example:
+        >>> RegularizerOptions("cpr", cpr_warm_start=500).group_keys()
+        {'regularizer': 'cpr', 'cpr_mu': 1.0, 'cpr_warm_start': 500}
+    """
+
+    name: Optional[str] = None
+    norm_loss_factor: Optional[float] = None
+    cpr_mu: Optional[float] = None
+    cpr_warm_start: Optional[int] = None
+    keep_weight_decay: bool = False
+
+    def numbers(self) -> dict[str, Any]:
+        """The numbers that were set (not ``None``), by group key."""
+        return {key: getattr(self, key) for key in ("norm_loss_factor", "cpr_mu", "cpr_warm_start")
+                if getattr(self, key) is not None}
+
+    def group_keys(self) -> dict[str, Any]:
+        """The decayed group's keys (:func:`~lightning_opt.factories.regularizer_group_keys`); ``{}`` without
+        a name. ``ValueError`` naming ``--regularizer.<key>`` and its value for a bad one."""
+        numbers = self.numbers()
+        if self.name is None:
+            given = {**numbers, **({"keep_weight_decay": True} if self.keep_weight_decay else {})}
+            if given:
+                key, value = next(iter(given.items()))
+                raise ValueError(f"Invalid --regularizer.{key}: {value!r} (given without --regularizer.name)")
+            return {}
+        allowed = REGULARIZER_KEYS.get(self.name, ()) if isinstance(self.name, str) else ()
+        for key, value in numbers.items():
+            if allowed and key not in allowed:
+                raise ValueError(
+                    f"Invalid --regularizer.{key}: {value!r} (not a key of --regularizer.name {self.name}, which "
+                    f"takes {', '.join(allowed)})"
+                )
+        try:
+            return regularizer_group_keys(self.name, numbers)
+        except ValueError as error:
+            message = str(error)
+            match = re.match(r"Invalid (\w+): ", message)
+            key = "name" if match is None or match.group(1) == "regularizer" else match.group(1)
+            raise ValueError(f"Invalid --regularizer.{key}: " + message.split(": ", 1)[1]) from error
 
 
 # ------------------------------------------------------------------------------------------------ errors
@@ -252,6 +322,9 @@ def explain_parse_error(message: str) -> Optional[str]:
         detail = rest[0] if rest else ""
         break
     else:
+        union = _union_mismatch(lines)
+        if union is not None:  # an Optional[...] key without a class path (--regularizer.cpr_mu abc)
+            return f"Invalid --{key}: {union[0]!r} (expected {union[1]})"
         if not _EXPECTED_GOT.search(detail) and not _LITERAL_GOT.search(detail):
             return None  # a key without a class path: only a plain type mismatch is shortened
     who = f"{owner} expects" if owner else "expected"
@@ -262,6 +335,25 @@ def explain_parse_error(message: str) -> Optional[str]:
     if expected:
         return f"Invalid --{key}: {expected.group(2)!r} ({who} {expected.group(1)})"
     return f"Invalid --{key} ({class_path}): {detail}" if detail else f"Invalid --{key} ({class_path})"
+
+
+_SUBTYPES = re.compile(r"^\s*Subtypes: \[(.*)\]\s*$")
+_GIVEN_VALUE = re.compile(r"^\s*Given value: (.*)$")
+
+
+def _union_mismatch(lines: Sequence[str]) -> Optional[tuple[str, str]]:
+    """The given value and the expected types (``"float or null"``) of jsonargparse's report on a value that
+    fits none of a ``Union``'s types, or ``None`` for another report."""
+    if len(lines) < 2 or "Does not validate against any of the Union subtypes" not in lines[1]:
+        return None
+    subtypes = next((m.group(1) for m in map(_SUBTYPES.match, lines) if m), None)
+    given = next((m.group(1) for m in map(_GIVEN_VALUE.match, lines) if m), None)
+    if subtypes is None or given is None:
+        return None
+    names = re.sub(r"<class '(?:[\w]+\.)*(\w+)'>", r"\1", subtypes)
+    names = re.sub(r"typing\.Literal\[([^\]]*)\]", r"one of \1", names).replace("NoneType", "null")
+    parts = [part.strip() for part in re.split(r",\s*(?![^\[]*\])(?=[a-z]|one of)", names) if part.strip()]
+    return given, " or ".join(parts)
 
 
 class LightningOptParser(LightningArgumentParser):
@@ -330,7 +422,7 @@ class LightningOptCLI(LightningCLI):
 
     @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        """Make the digits recipe the default model and datamodule; add ``--num_threads``."""
+        """Make the digits recipe the default model and datamodule; add ``--num_threads`` and ``--regularizer``."""
         parser.add_argument(
             "--num_threads",
             type=Optional[PositiveInt],
@@ -340,6 +432,7 @@ class LightningOptCLI(LightningCLI):
                 "times faster with 1, above all on a busy machine; null keeps torch's default."
             ),
         )
+        parser.add_class_arguments(RegularizerOptions, "regularizer", fail_untyped=True)
         parser.set_defaults({"model": {"class_path": DEFAULT_MODEL}, "data": {"class_path": DEFAULT_DATA}})
 
     @override
@@ -353,6 +446,7 @@ class LightningOptCLI(LightningCLI):
                     parser.error(problem)
         super().parse_arguments(parser, args)
         self._check_optimizer_arguments()
+        self._check_regularizer_arguments()
 
     def _check_optimizer_arguments(self) -> None:
         """Build the package's or torch's optimizer once on a probe tensor, so that a bad argument is reported
@@ -375,12 +469,51 @@ class LightningOptCLI(LightningCLI):
             if line is not None:
                 exit_with_one_line(f"{self.parser.prog} {subcommand or ''}".strip(), line)
 
+    def _check_regularizer_arguments(self) -> None:
+        """Refuse a bad ``--regularizer`` right after parsing, on one line: a bad key or value, no
+        ``--optimizer``, an optimizer that does not run the regularisers (torch's), or one that refuses the
+        group (Norm Loss with Adafactor's ``lr=None``)."""
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else self.config
+        prog = f"{self.parser.prog} {subcommand or ''}".strip()
+        options = _regularizer_options(config)
+        try:
+            keys = options.group_keys()
+        except ValueError as error:
+            exit_with_one_line(prog, str(error))
+        if not keys:
+            return
+        node = config.get("optimizer")
+        outer, engine = _optimizer_classes(node)
+        shown = f"--regularizer.name: {options.name!r}"
+        if outer is None:
+            exit_with_one_line(prog, f"Invalid {shown} (needs --optimizer, one of the package's optimizers)")
+        if engine is None or not issubclass(engine, BaseOptimizer):
+            name = (engine or outer).__name__
+            flag = "--optimizer.optimizer" if _is_lookahead(outer) else "--optimizer"
+            exit_with_one_line(
+                prog,
+                f"Invalid {shown} with {flag} {name} (not one of the package's optimizers, which run the "
+                "regularisers; see lightning-opt optimizers)",
+            )
+        kwargs = _engine_init_args(node, outer)
+        probe = torch.zeros(2, 2, requires_grad=True)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                engine([{"params": [probe], **keys}], **kwargs)
+        except (ValueError, TypeError) as error:
+            message = " ".join(str(error).split())
+            exit_with_one_line(prog, f"Invalid {shown} ({engine.__name__}: {message})")
+
     @override
     def _add_configure_optimizers_method_to_model(self, subcommand: Optional[str]) -> None:
-        """Install ``--optimizer`` as LightningCLI does, with one difference: an optimizer class that builds its
-        parameter groups from the model (a ``module_param_groups`` static method:
-        :class:`~lightning_opt.optim.muon.Muon`, whose hidden matrices and other tensors take different updates)
-        gets those groups instead of ``model.parameters()``."""
+        """Install ``--optimizer`` as LightningCLI does, with two differences: with ``--regularizer.name`` the
+        optimizer gets the model's decayed group (with the regulariser) and exempt group, split as
+        :func:`~lightning_opt.build_optimizer` splits them; and an optimizer class that builds its parameter
+        groups from the model (a ``module_param_groups`` static method: :class:`~lightning_opt.optim.muon.Muon`,
+        whose hidden matrices and other tensors take different updates) gets those groups instead of
+        ``model.parameters()`` (split further, with a regulariser)."""
         groups = self._module_param_groups(subcommand)
         if groups is None:
             super()._add_configure_optimizers_method_to_model(subcommand)
@@ -394,14 +527,27 @@ class LightningOptCLI(LightningCLI):
             del model.parameters
 
     def _module_param_groups(self, subcommand: Optional[str]) -> Optional[list[dict[str, Any]]]:
-        """The groups ``--optimizer``'s class builds from the model, or ``None`` if it builds none."""
+        """The groups ``--optimizer`` gets from the model (the ``--regularizer`` split, the class's own
+        ``module_param_groups``, or both), or ``None`` for ``model.parameters()``."""
         if not isinstance(getattr(self, "model", None), torch.nn.Module):
             return None
-        config = self.config_init.get(str(subcommand), self.config_init) if subcommand else self.config_init
+        config = self.config.get(str(subcommand), self.config) if subcommand else self.config
         node = config.get("optimizer")
-        class_path = node.get("class_path") if isinstance(node, dict) else getattr(node, "class_path", None)
-        build = getattr(_import_class(class_path), "module_param_groups", None)
-        return build(self.model) if callable(build) else None
+        outer, engine = _optimizer_classes(node)
+        options = _regularizer_options(config)
+        keys = options.group_keys()  # checked after parsing already
+        groups: Optional[list[dict[str, Any]]] = None
+        if keys and outer is not None:
+            groups = param_groups_for_weight_decay(self.model, 0.0, decayed_keys=keys)
+            if options.keep_weight_decay:  # the decayed group takes the optimizer's weight_decay
+                groups = [
+                    {k: v for k, v in group.items() if k != "weight_decay"} if "regularizer" in group else group
+                    for group in groups
+                ]
+        build = getattr(engine if _is_lookahead(outer) else outer, "module_param_groups", None)
+        if callable(build) and (not _is_lookahead(outer) or groups is not None):
+            return build(self.model, groups)
+        return groups
 
     @override
     def before_instantiate_classes(self) -> None:
@@ -501,6 +647,45 @@ def _as_built(value: Any) -> Any:
     return value
 
 
+def _regularizer_options(config: Any) -> RegularizerOptions:
+    """``--regularizer`` of a parsed config (defaults where the config has none)."""
+    node = config.get("regularizer") if hasattr(config, "get") else None
+    if isinstance(node, RegularizerOptions):
+        return node
+    values = node.as_dict() if hasattr(node, "as_dict") else dict(node or {})
+    return RegularizerOptions(**values)
+
+
+def _optimizer_classes(node: Any) -> tuple[Optional[type], Optional[type]]:
+    """The class ``--optimizer`` names and the one that steps: the same, or the inner optimizer of a
+    :class:`~lightning_opt.Lookahead` (``--optimizer.optimizer``); ``None`` where none can be told."""
+    outer = _import_class(_get(node, "class_path"))
+    if outer is None or not issubclass(outer, Lookahead):
+        return outer, outer
+    inner = _get(_get(node, "init_args"), "optimizer")
+    return outer, _import_class(_get(inner, "class_path"))
+
+
+def _is_lookahead(cls: Optional[type]) -> bool:
+    return cls is not None and issubclass(cls, Lookahead)
+
+
+def _engine_init_args(node: Any, outer: type) -> dict[str, Any]:
+    """The init arguments of the optimizer that steps (Lookahead's inner one), as the real build passes them."""
+    init_args = _get(node, "init_args")
+    if issubclass(outer, Lookahead):
+        init_args = _get(_get(init_args, "optimizer"), "init_args")
+    values = init_args.as_dict() if hasattr(init_args, "as_dict") else dict(init_args or {})
+    return {name: _as_built(value) for name, value in values.items()}
+
+
+def _get(node: Any, key: str) -> Any:
+    """``node[key]`` of a dict or jsonargparse Namespace, or ``None``."""
+    if isinstance(node, dict):
+        return node.get(key)
+    return getattr(node, key, None) if node is not None else None
+
+
 def _import_class(class_path: Any) -> Optional[type]:
     if not isinstance(class_path, str) or "." not in class_path:
         return None
@@ -591,7 +776,8 @@ def describe_optimizer(optimizer: torch.optim.Optimizer) -> str:
 
     Only the constructor's arguments are shown, not the bookkeeping an optimizer keeps beside them in its
     defaults (AdaLo's ``lr_scales_step``). ``agc_clipping`` is shown only when ``"adaptive_clip"`` is among
-    the ``grad_transforms``, which is the only time it acts.
+    the ``grad_transforms``, which is the only time it acts. A regulariser chosen by parameter groups
+    (Norm Loss, CPR) follows, with its numbers and how many tensors it acts on.
 
     Args:
         optimizer: any ``torch.optim.Optimizer``.
@@ -615,7 +801,22 @@ def describe_optimizer(optimizer: torch.optim.Optimizer) -> str:
     if "agc_clipping" in values and "adaptive_clip" not in (values.get("grad_transforms") or ()):
         del values["agc_clipping"]
     shown = ", ".join(f"{key}={value!r}" for key, value in values.items() if not callable(value))
-    return f"{type(optimizer).__name__}({shown})"
+    return f"{type(optimizer).__name__}({shown})" + _describe_regularizers(optimizer)
+
+
+def _describe_regularizers(optimizer: torch.optim.Optimizer) -> str:
+    """`` + cpr(cpr_mu=1.0, cpr_warm_start=1000) on 3 of 6 tensors`` for each regulariser the groups choose."""
+    total = sum(len(group["params"]) for group in optimizer.param_groups)
+    found: dict[tuple[str, tuple[tuple[str, Any], ...]], int] = {}
+    for group in optimizer.param_groups:
+        name = group.get("regularizer")
+        if isinstance(name, str):
+            numbers = tuple((key, group[key]) for key in REGULARIZER_KEYS.get(name, ()) if key in group)
+            found[(name, numbers)] = found.get((name, numbers), 0) + len(group["params"])
+    return "".join(
+        f" + {name}({', '.join(f'{key}={value!r}' for key, value in numbers)}) on {count} of {total} tensors"
+        for (name, numbers), count in found.items()
+    )
 
 
 def _argument_names(cls: type) -> Optional[set[str]]:
@@ -633,6 +834,7 @@ __all__ = [
     "LightningOptCLI",
     "LightningOptParser",
     "PlainHelpFormatter",
+    "RegularizerOptions",
     "describe_callbacks",
     "describe_optimizer",
     "explain_init_error",
