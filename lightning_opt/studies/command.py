@@ -198,6 +198,22 @@ def check_forwarded(cells: Sequence[Cell], forwarded: Sequence[str]) -> None:
             raise StudyArgumentError(f"Invalid {key}: the study varies it in its cells")
 
 
+def shown_path(path: str) -> str:
+    """``path`` relative to the working directory where it lies below it (so that a table written in one
+    checkout reads the same in every other), else as given.
+
+    Example:
+        >>> shown_path(str(Path.cwd() / "configs" / "digits.yaml"))
+        'configs/digits.yaml'
+        >>> shown_path("/elsewhere/digits.yaml")
+        '/elsewhere/digits.yaml'
+    """
+    try:
+        return Path(path).resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return path
+
+
 def config_tag(configs: Sequence[str]) -> str:
     """The name of a study's outputs: the config files' names without ``.yaml``, joined with ``+``.
 
@@ -359,7 +375,7 @@ def run(argv: Sequence[str], studies: Optional[dict[str, Study]] = None) -> int:
         f"command: `{command}`",
         f"{len(cells)} runs: {len(options.optimizers)} optimizers x {len(cells) // len(options.optimizers)} "
         f"(settings x seeds), seeds {' '.join(map(str, options.seeds))}; each a `lightning-opt fit` of "
-        f"{', '.join(f'`{c}`' for c in configs)} on `{args.accelerator}`"
+        f"{', '.join(f'`{shown_path(c)}`' for c in configs)} on `{args.accelerator}`"
         + (f" with `{shlex.join(forwarded)}`" if forwarded else ""),
         f"metric: {options.metric} ({'higher' if options.mode == 'max' else 'lower'} is better)",
         f"machine: {platform.platform()}, {platform.processor() or platform.machine()}; "
