@@ -262,21 +262,38 @@ def test_bfloat16_parameters_step_like_float32_up_to_rounding() -> None:
 
 
 # ------------------------------------------------------------------------------------------ arguments
-def test_first_moment_is_on_or_off_for_the_whole_optimizer() -> None:
+def test_first_moment_is_kept_for_the_whole_optimizer_or_not_at_all() -> None:
     first, second = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
-    with pytest.raises(ValueError, match=r"^Invalid beta1: 0\.9 \(the optimizer was built with beta1=None.*"
-                                         r"\[parameter group 1\]$"):
+    with pytest.raises(ValueError, match=r"^Invalid beta1: 0\.9 \(this Adafactor was built with beta1=None and keeps "
+                                         r"no first moment \(exp_avg\).*\[parameter group 1\]$"):
         Adafactor([{"params": [first]}, {"params": [second], "beta1": 0.9}])
-    optimizer = Adafactor([first], beta1=0.9)
-    with pytest.raises(ValueError, match=r"^Invalid beta1: None \(the optimizer was built with beta1=0\.9"):
-        optimizer.add_param_group({"params": [second], "beta1": None})
+    optimizer = Adafactor([first])
+    with pytest.raises(ValueError, match=r"^Invalid beta1: 0\.5 .*\[parameter group 1\]$"):
+        optimizer.add_param_group({"params": [second], "beta1": 0.5})
     assert len(optimizer.param_groups) == 1
-    optimizer.add_param_group({"params": [second], "beta1": 0.5})  # another value is fine
-    optimizer.param_groups[0]["beta1"] = None  # as a scheduler might
+    optimizer.param_groups[0]["beta1"] = 0.9  # as a scheduler might
     first.grad = torch.ones(2)
-    with pytest.raises(ValueError, match=r"^Invalid beta1: None .*\[parameter group 0\]$"):
+    with pytest.raises(ValueError, match=r"^Invalid beta1: 0\.9 .*\[parameter group 0\]$"):
         optimizer.step()
     assert len(optimizer.state[first]) == 0 or int(optimizer.state[first]["step"]) == 0
+
+
+def test_a_group_may_switch_the_first_moment_off() -> None:
+    """Built with a beta1, a group with beta1=None steps like an Adafactor without a first moment; its exp_avg is
+    kept but unused, and another value is fine."""
+    generator = torch.Generator().manual_seed(0)
+    start = torch.randn(4, 3, generator=generator)
+    ours, other, plain = (torch.nn.Parameter(start.clone()) for _ in range(3))
+    optimizer = Adafactor([{"params": [ours], "beta1": None}, {"params": [other], "beta1": 0.5}], beta1=0.9, lr=1e-2)
+    reference = Adafactor([plain], lr=1e-2)
+    for _ in range(3):
+        grad = torch.randn(4, 3, generator=generator)
+        ours.grad, other.grad, plain.grad = grad.clone(), grad.clone(), grad.clone()
+        optimizer.step()
+        reference.step()
+    assert torch.equal(ours, plain)
+    assert torch.equal(optimizer.state[ours]["exp_avg"], torch.zeros(4, 3))
+    assert not torch.equal(optimizer.state[other]["exp_avg"], torch.zeros(4, 3))
 
 
 @pytest.mark.parametrize(

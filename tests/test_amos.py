@@ -100,7 +100,8 @@ def test_extra_l2_decays_towards_zero_as_in_the_authors_code() -> None:
 
 def test_a_group_momentum_needs_momentum_buffers() -> None:
     first, second = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(3))
-    with pytest.raises(ValueError, match=r"^Invalid momentum: 0\.9 \(this Amos keeps no momentum buffers.*"
+    with pytest.raises(ValueError, match=r"^Invalid momentum: 0\.9 \(this Amos was built with momentum=0\.0 "
+                                         r"and keeps no momentum buffer.*"
                                          r"\[parameter group 1\]$"):
         Amos([{"params": [first]}, {"params": [second], "momentum": 0.9}])
     optimizer = Amos([{"params": [first]}, {"params": [second], "momentum": 0.0}], momentum=0.9)

@@ -122,7 +122,8 @@ def test_zero_dimensional_parameters_with_beta_keep_the_max_as_every_other_param
 
 def test_a_group_momentum_needs_momentum_buffers() -> None:
     first, second = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(3))
-    with pytest.raises(ValueError, match=r"^Invalid momentum: 0\.9 \(this SM3 keeps no momentum buffers.*"
+    with pytest.raises(ValueError, match=r"^Invalid momentum: 0\.9 \(this SM3 was built with momentum=0\.0 "
+                                         r"and keeps no momentum buffer.*"
                                          r"\[parameter group 1\]$"):
         SM3([{"params": [first]}, {"params": [second], "momentum": 0.9}])
     optimizer = SM3([first])

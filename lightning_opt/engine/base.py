@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 import warnings
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar, Optional, Union
 
 import torch
@@ -66,6 +67,27 @@ may return named tensors (a norm, say) that the next phase of the same tensor re
 ParamsT = Union[Iterable[torch.Tensor], Iterable[dict[str, Any]]]
 
 
+@dataclass(frozen=True)
+class OptionalBuffer:
+    """A state buffer of the parameter's shape that an optimizer keeps only if its constructor's value of one
+    hyper-parameter asks for it (Adafactor's first moment with ``beta1``, SM3's momentum with ``momentum``).
+
+    Whether it is kept is decided once, for the whole optimizer, by the constructor's value: a parameter group
+    may change the value, and may switch the buffer off (it is then kept but neither read nor written), but
+    not on, since its tensors have none. The engine refuses such a group when it is added and before each step
+    (:meth:`BaseOptimizer.add_param_group`).
+
+    Args:
+        switch: the hyper-parameter (a key of the groups and the defaults).
+        kept_for: whether a value of ``switch`` keeps the buffer.
+        holds: what the buffer holds, for messages (``"first moment"``).
+    """
+
+    switch: str
+    kept_for: Callable[[Any], bool]
+    holds: str
+
+
 class BaseOptimizer(torch.optim.Optimizer):
     """Base class of every optimizer in this package.
 
@@ -116,6 +138,9 @@ class BaseOptimizer(torch.optim.Optimizer):
     buffer_names: ClassVar[tuple[str, ...]] = ()
     """The names of the state buffers each parameter keeps; of the parameter's shape unless
     :meth:`buffer_shapes` says otherwise."""
+    optional_buffers: ClassVar[Mapping[str, OptionalBuffer]] = {}
+    """Buffers (of the parameter's shape) kept only if the constructor's value of a hyper-parameter asks for them,
+    by name; see :class:`OptionalBuffer` and :meth:`kept_buffer_names`."""
     stack_view: ClassVar[ViewFn] = staticmethod(units_view)
     """How the update sees each parameter (:data:`~lightning_opt.engine.stacks.ViewFn`): ``(units, width)``
     by default; ``k`` parameters of one shape are then one ``(k, *view)`` tensor."""
@@ -168,8 +193,9 @@ class BaseOptimizer(torch.optim.Optimizer):
 
         Raises:
             ValueError: if :attr:`hyperparameter_check` refuses the group's values (the message names the
-                argument, the value, the bound and the group), or if a parameter of the group is complex
-                (the updates are written for real tensors); the optimizer is left as it was.
+                argument, the value, the bound and the group), if a value would switch on one of the
+                :attr:`optional_buffers` that the optimizer does not keep, or if a parameter of the group is
+                complex (the updates are written for real tensors); the optimizer is left as it was.
         """
         check = type(self).hyperparameter_check
         if check is not None and isinstance(param_group, dict):
@@ -178,6 +204,7 @@ class BaseOptimizer(torch.optim.Optimizer):
         if isinstance(param_group, dict):
             checked = self._check_regularizer(len(self.param_groups), param_group)
             param_group.update({name: value for name, value in checked.items() if name in param_group})
+            self._check_optional_buffers(len(self.param_groups), param_group)
         super().add_param_group(param_group)
         for param in self.param_groups[-1]["params"]:
             if param.is_complex():
@@ -244,11 +271,27 @@ class BaseOptimizer(torch.optim.Optimizer):
         """
         return {name: shape for name in self.buffer_names}
 
+    def kept_buffer_names(self) -> tuple[str, ...]:
+        """Every state buffer a parameter keeps: :attr:`buffer_names`, then the :attr:`optional_buffers` that
+        the constructor's values switched on.
+
+        Example:
+            >>> from lightning_opt import SM3
+            >>> SM3([torch.zeros(2)]).kept_buffer_names()
+            ('accumulator_0', 'accumulator_1', 'accumulator_2', 'accumulator_3')
+            >>> SM3([torch.zeros(2)], momentum=0.9).kept_buffer_names()[-1]
+            'momentum_buffer'
+        """
+        kept = (name for name, buffer in self.optional_buffers.items() if buffer.kept_for(self.defaults[buffer.switch]))
+        return (*self.buffer_names, *kept)
+
     def init_state(self, param: torch.Tensor, state: dict[str, Any]) -> None:
         """Fill the empty state of ``param``: a CPU step counter, as torch.optim keeps it, and zero buffers of
-        :meth:`buffer_shapes` (in the parameter's dtype; override to keep another)."""
+        :meth:`buffer_shapes` and of the kept :attr:`optional_buffers` (in the parameter's dtype; override to keep
+        another)."""
         state["step"] = torch.tensor(0.0, dtype=torch.float32)
-        for name, shape in self.buffer_shapes(param.shape).items():
+        optional = {name: param.shape for name in self.kept_buffer_names() if name in self.optional_buffers}
+        for name, shape in {**self.buffer_shapes(param.shape), **optional}.items():
             if tuple(shape) == tuple(param.shape):
                 state[name] = torch.zeros_like(param, memory_format=torch.preserve_format)
             else:
@@ -276,6 +319,7 @@ class BaseOptimizer(torch.optim.Optimizer):
         self.begin_step(loss)
         statistics = self.step_statistics()
         for index, group in enumerate(self.param_groups):
+            self._check_optional_buffers(index, group)  # the user may have changed the group since it was added
             hyperparameters = self.group_hyperparameters(group)
             if hyperparameters is None:
                 continue
@@ -331,13 +375,27 @@ class BaseOptimizer(torch.optim.Optimizer):
 
     def _state_names(self, group: dict[str, Any]) -> tuple[str, ...]:
         """The state buffers a step of ``group`` reads: the optimizer's and its regulariser's."""
-        return (*self.buffer_names, *REGULARIZER_BUFFERS.get(group.get("regularizer") or "", ()))
+        return (*self.kept_buffer_names(), *REGULARIZER_BUFFERS.get(group.get("regularizer") or "", ()))
 
     def _check_regularizer(self, index: int, group: Mapping[str, Any]) -> dict[str, Any]:
         """Validate ``group``'s regulariser keys (:func:`~lightning_opt.transforms.constraints.check_regularizer`);
         the error names the group."""
         values = {name: group.get(name, default) for name, default in REGULARIZER_DEFAULTS.items()}
         return in_parameter_group(index, check_regularizer, {**values, "lr": group.get("lr", self.defaults.get("lr"))})
+
+    def _check_optional_buffers(self, index: int, group: Mapping[str, Any]) -> None:
+        """Refuse a group value that would switch on one of the :attr:`optional_buffers` that are not kept."""
+        for name, buffer in self.optional_buffers.items():
+            if buffer.switch not in group:
+                continue
+            value, built = group[buffer.switch], self.defaults[buffer.switch]
+            if buffer.kept_for(value) and not buffer.kept_for(built):
+                raise ValueError(
+                    f"Invalid {buffer.switch}: {value!r} (this {type(self).__name__} was built with "
+                    f"{buffer.switch}={built!r} and keeps no {buffer.holds} ({name}); a parameter group may change "
+                    f"{buffer.switch} but not switch the {buffer.holds} on: pass such a {buffer.switch} to the "
+                    f"constructor) [parameter group {index}]"
+                )
 
     def _report_nonfinite(self, skipped: int) -> None:
         self.nonfinite_skips += skipped

@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import torch
 
-from lightning_opt.engine import BaseOptimizer, Flags, Hyperparameters
+from lightning_opt.engine import BaseOptimizer, Flags, Hyperparameters, OptionalBuffer
 from lightning_opt.engine.base import ParamsT
 from lightning_opt.transforms.gradient import AGC_CLIPPING, check_agc_clipping
 from lightning_opt.transforms.reductions import PER_TENSOR, accumulation_dtype, count_from, norm_from, sum_from
@@ -131,7 +131,8 @@ class Adafactor(BaseOptimizer):
     ``(batch, 1, cols)`` (a ``(1024, 1024)`` weight keeps 2,048 numbers, a 1-D tensor of ``n`` elements
     ``n + 1``), and ``exp_avg`` of the parameter's shape if ``beta1`` is not ``None``. Whether the first
     moment is kept is decided for the whole optimizer by its ``beta1``: a parameter group may change the
-    value but not turn it on or off. The moments' means, the preconditioner and the update are computed in
+    value, or set ``None`` (its ``exp_avg`` is then left unused), but not give a number to an optimizer built
+    with ``beta1=None``. The moments' means, the preconditioner and the update are computed in
     at least float32 (bfloat16 parameters keep bfloat16 state).
 
     The update reads whole rows and columns and whole tensors (``RMS``): DTensor-sharded parameters (FSDP2)
@@ -210,36 +211,15 @@ class Adafactor(BaseOptimizer):
             agc_clipping=agc_clipping,
         )
 
-    @property  # type: ignore[override]
-    def buffer_names(self) -> tuple[str, ...]:  # type: ignore[override]
-        """``exp_avg_sq_row`` and ``exp_avg_sq_col``, and ``exp_avg`` if the optimizer keeps a first moment."""
-        moments = ("exp_avg_sq_row", "exp_avg_sq_col")
-        return moments if self.defaults["beta1"] is None else (*moments, "exp_avg")
+    buffer_names = ("exp_avg_sq_row", "exp_avg_sq_col")
+    optional_buffers = {"exp_avg": OptionalBuffer("beta1", lambda beta1: beta1 is not None, "first moment")}
 
     def buffer_shapes(self, shape: torch.Size) -> dict[str, tuple[int, ...]]:
         batch, rows, cols = matrix_view(shape)
-        shapes: dict[str, tuple[int, ...]] = {"exp_avg_sq_row": (batch, rows, 1), "exp_avg_sq_col": (batch, 1, cols)}
-        if self.defaults["beta1"] is not None:
-            shapes["exp_avg"] = tuple(shape)
-        return shapes
-
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        if isinstance(param_group, dict) and "beta1" in param_group:
-            self._check_first_moment_switch(param_group["beta1"], len(self.param_groups))
-        super().add_param_group(param_group)
-
-    def _check_first_moment_switch(self, beta1: Any, index: int) -> None:
-        default = getattr(self, "defaults", {}).get("beta1")  # add_param_group runs inside __init__ too
-        if (beta1 is None) != (default is None):
-            raise ValueError(
-                f"Invalid beta1: {beta1!r} (the optimizer was built with beta1={default!r}; whether a first moment "
-                f"is kept is decided for the whole optimizer, so a group may change beta1 but not between None "
-                f"and a number) [parameter group {index}]"
-            )
+        return {"exp_avg_sq_row": (batch, rows, 1), "exp_avg_sq_col": (batch, 1, cols)}
 
     def group_hyperparameters(self, group: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
         beta1 = group["beta1"]
-        self._check_first_moment_switch(beta1, next(i for i, g in enumerate(self.param_groups) if g is group))
         numbers = {
             "eps1": group["eps1"],
             "eps2": group["eps2"],

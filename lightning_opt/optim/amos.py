@@ -8,9 +8,8 @@ from typing import Any
 
 import torch
 
-from lightning_opt.engine import BaseOptimizer, Flags, Hyperparameters
+from lightning_opt.engine import BaseOptimizer, Flags, Hyperparameters, OptionalBuffer
 from lightning_opt.engine.base import ParamsT
-from lightning_opt.optim.sm3 import check_momentum_kept
 from lightning_opt.transforms import decoupled_weight_decay_
 from lightning_opt.transforms.gradient import AGC_CLIPPING, check_agc_clipping
 from lightning_opt.transforms.reductions import PER_TENSOR, count_from, sum_from
@@ -182,16 +181,12 @@ class Amos(BaseOptimizer):
             agc_clipping=agc_clipping,
         )
 
-    @property  # type: ignore[override]
-    def buffer_names(self) -> tuple[str, ...]:
-        """The per-tensor numbers, and ``exp_avg`` if the constructor's ``momentum`` is above 0."""
-        return PER_TENSOR_STATE + (("exp_avg",) if self.defaults["momentum"] > 0.0 else ())
+    buffer_names = PER_TENSOR_STATE
+    optional_buffers = {"exp_avg": OptionalBuffer("momentum", lambda momentum: momentum > 0.0, "momentum buffer")}
 
     def buffer_shapes(self, shape: torch.Size) -> dict[str, tuple[int, ...]]:
         one = (1,) * len(self.stack_view(shape))
         shapes: dict[str, tuple[int, ...]] = {name: one for name in PER_TENSOR_STATE}
-        if self.defaults["momentum"] > 0.0:
-            shapes["exp_avg"] = tuple(shape)
         return shapes
 
     def init_state(self, param: torch.Tensor, state: dict[str, Any]) -> None:
@@ -199,22 +194,7 @@ class Amos(BaseOptimizer):
         super().init_state(param, state)
         state["target_scale"].fill_(target_scale(param.shape))
 
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a parameter group; see :meth:`BaseOptimizer.add_param_group`.
-
-        Raises:
-            ValueError: also if the group sets a momentum above 0 while the optimizer keeps no ``exp_avg``
-                buffers (its constructor's ``momentum`` is 0).
-        """
-        super().add_param_group(param_group)
-        try:
-            check_momentum_kept(self, self.param_groups[-1])
-        except ValueError:
-            self.param_groups.pop()
-            raise
-
     def group_hyperparameters(self, group: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
-        check_momentum_kept(self, group)
         lr, momentum = group["lr"], group["momentum"]
         numbers = {
             "one_minus_beta": 1.0 - group["beta"],

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from lightning_opt.engine import BaseOptimizer, Flags, Hyperparameters
+from lightning_opt.engine import BaseOptimizer, Flags, Hyperparameters, OptionalBuffer
 from lightning_opt.engine.base import ParamsT
 from lightning_opt.transforms import decoupled_weight_decay_
 from lightning_opt.transforms.gradient import AGC_CLIPPING, check_agc_clipping
@@ -173,36 +173,19 @@ class SM3(BaseOptimizer):
             agc_clipping=agc_clipping,
         )
 
-    @property  # type: ignore[override]
-    def buffer_names(self) -> tuple[str, ...]:  # noqa: D401
-        """The accumulators, and ``momentum_buffer`` if the constructor's ``momentum`` is above 0."""
-        return ACCUMULATORS + (("momentum_buffer",) if self.defaults["momentum"] > 0.0 else ())
+    buffer_names = ACCUMULATORS
+    optional_buffers = {
+        "momentum_buffer": OptionalBuffer("momentum", lambda momentum: momentum > 0.0, "momentum buffer")
+    }
 
     def buffer_shapes(self, shape: torch.Size) -> dict[str, tuple[int, ...]]:
         view = sm3_view(shape)
         shapes: dict[str, tuple[int, ...]] = {
             name: tuple(size if j == i else 1 for j, size in enumerate(view)) for i, name in enumerate(ACCUMULATORS)
         }
-        if self.defaults["momentum"] > 0.0:
-            shapes["momentum_buffer"] = tuple(shape)
         return shapes
 
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a parameter group; see :meth:`BaseOptimizer.add_param_group`.
-
-        Raises:
-            ValueError: also if the group sets a momentum above 0 while the optimizer keeps no momentum
-                buffers (its constructor's ``momentum`` is 0).
-        """
-        super().add_param_group(param_group)
-        try:
-            check_momentum_kept(self, self.param_groups[-1])
-        except ValueError:
-            self.param_groups.pop()
-            raise
-
     def group_hyperparameters(self, group: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
-        check_momentum_kept(self, group)
         beta, momentum = group["beta"], group["momentum"]
         numbers = {
             "keep": beta if beta > 0.0 else 1.0,
@@ -265,14 +248,3 @@ def _nu(grad: torch.Tensor, buffers: dict[str, torch.Tensor], hp: Hyperparameter
     for i in others:
         bound = torch.minimum(bound, buffers[ACCUMULATORS[i]])
     return bound * hp["keep"] + grad * grad * hp["one_minus_beta"]
-
-
-def check_momentum_kept(optimizer: BaseOptimizer, group: dict[str, Any]) -> None:
-    """Refuse a group momentum above 0 in an optimizer that keeps no momentum buffers (SM3, Amos)."""
-    if group["momentum"] > 0.0 and optimizer.defaults["momentum"] == 0.0:
-        index = next(i for i, other in enumerate(optimizer.param_groups) if other is group)
-        raise ValueError(
-            f"Invalid momentum: {group['momentum']!r} (this {type(optimizer).__name__} keeps no momentum buffers: "
-            f"its constructor's momentum is 0; pass momentum > 0 to the constructor to give groups momentum) "
-            f"[parameter group {index}]"
-        )
