@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import math
 
-import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from typing_extensions import override
 
+from lightning_opt.recipes.loaders import TrainValDataModule
 from lightning_opt.validation import check_float, check_positive_int
 
 VOCAB_SIZE = 256
@@ -188,7 +188,7 @@ def unigram_cross_entropy(train_tokens: torch.Tensor, val_tokens: torch.Tensor) 
     return float(-log_probabilities[val_tokens.flatten()].mean())
 
 
-class CharLMDataModule(pl.LightningDataModule):
+class CharLMDataModule(TrainValDataModule):
     """Byte-level language modelling on Python's documentation (:func:`load_text`): windows of ``context`` bytes.
 
     The text's UTF-8 bytes are cut into blocks of ``block_size``; a share ``val_fraction`` of the blocks,
@@ -270,17 +270,3 @@ class CharLMDataModule(pl.LightningDataModule):
     def unigram_loss(self) -> float:
         """The validation loss of the training bytes' smoothed frequencies (:func:`unigram_cross_entropy`)."""
         return unigram_cross_entropy(self.split_tokens("train"), self.split_tokens("val"))
-
-    @override
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(self._dataset("train_dataset"), batch_size=self.batch_size, shuffle=True, num_workers=0)
-
-    @override
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self._dataset("val_dataset"), batch_size=self.batch_size, shuffle=False, num_workers=0)
-
-    def _dataset(self, name: str) -> TokenWindows:
-        dataset = getattr(self, name)
-        if dataset is None:
-            raise RuntimeError(f"CharLMDataModule.{name} is not built yet: call setup() first")
-        return dataset

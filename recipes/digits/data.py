@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 from typing_extensions import override
+
+from lightning_opt.recipes.loaders import TrainValDataModule
 
 NUM_FEATURES = 64
 """Pixels per image (8 x 8), flattened."""
@@ -55,7 +56,7 @@ def split_indices(labels: torch.Tensor, val_fraction: float, split_seed: int) ->
     return torch.from_numpy(np.sort(train)), torch.from_numpy(np.sort(val))
 
 
-class DigitsDataModule(pl.LightningDataModule):
+class DigitsDataModule(TrainValDataModule):
     """The 1797 handwritten 8x8 digits bundled with scikit-learn, flattened to 64 pixels scaled to [0, 1].
 
     The train/validation split is stratified by class and fixed by ``split_seed``, independently of the
@@ -99,17 +100,3 @@ class DigitsDataModule(pl.LightningDataModule):
         self.train_indices, self.val_indices = split_indices(labels, self.val_fraction, self.split_seed)
         self.train_dataset = TensorDataset(inputs[self.train_indices], labels[self.train_indices])
         self.val_dataset = TensorDataset(inputs[self.val_indices], labels[self.val_indices])
-
-    @override
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(self._dataset("train_dataset"), batch_size=self.batch_size, shuffle=True, num_workers=0)
-
-    @override
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self._dataset("val_dataset"), batch_size=self.batch_size, shuffle=False, num_workers=0)
-
-    def _dataset(self, name: str) -> TensorDataset:
-        dataset = getattr(self, name)
-        if dataset is None:
-            raise RuntimeError(f"DigitsDataModule.{name} is not built yet: call setup() first")
-        return dataset
