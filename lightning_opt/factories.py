@@ -12,7 +12,7 @@ from torch import nn
 
 from lightning_opt.engine.base import BaseOptimizer
 from lightning_opt.registry import REGISTRY, find_spec
-from lightning_opt.transforms.constraints import REGULARIZERS, check_regularizer
+from lightning_opt.transforms.constraints import REGULARIZER_KEYS, REGULARIZERS, check_regularizer
 
 NoDecayRule = Callable[[str, nn.Parameter, nn.Module], bool]
 """``rule(parameter_name, parameter, owning_module) -> True`` to exempt the parameter from weight decay."""
@@ -25,10 +25,6 @@ NORM_TYPES: tuple[type[nn.Module], ...] = (
     *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),
 )
 EMBEDDING_TYPES: tuple[type[nn.Module], ...] = (nn.Embedding, nn.EmbeddingBag)
-
-REGULARIZER_KEYS: dict[str, tuple[str, ...]] = {"norm_loss": ("norm_loss_factor",), "cpr": ("cpr_mu", "cpr_warm_start")}
-"""The parameter-group keys each regulariser takes besides ``"regularizer"``
-(:mod:`lightning_opt.transforms.constraints`)."""
 
 
 def default_no_decay(name: str, param: nn.Parameter, module: nn.Module) -> bool:

@@ -44,8 +44,9 @@ import lightning_opt.callbacks  # noqa: F401  (makes LossFeeder, SoftClip... res
 import lightning_opt.recipes.digits  # noqa: F401  (makes DigitsClassifier / DigitsDataModule resolvable by short name)
 from lightning_opt.cli import DESCRIPTION, PROG, qualify_optimizer_names, unknown_optimizer_message
 from lightning_opt.engine.base import BaseOptimizer
-from lightning_opt.factories import REGULARIZER_KEYS, param_groups_for_weight_decay, regularizer_group_keys
+from lightning_opt.factories import param_groups_for_weight_decay, regularizer_group_keys
 from lightning_opt.optim.lookahead import Lookahead
+from lightning_opt.transforms.constraints import REGULARIZER_KEYS
 
 DEFAULT_MODEL = "lightning_opt.recipes.digits.DigitsClassifier"
 """The model used when neither the config nor the command line names one."""
@@ -451,15 +452,12 @@ class LightningOptCLI(LightningCLI):
     def _check_optimizer_arguments(self) -> None:
         """Build the package's or torch's optimizer once on a probe tensor, so that a bad argument is reported
         before anything else runs (seeding, data, model); other optimizer classes are left to the real build."""
-        subcommand = self.config.get("subcommand")
-        config = self.config[subcommand] if subcommand else self.config
+        config, prog = self._parsed_subcommand()
         node = config.get("optimizer")
         cls = _import_class(getattr(node, "class_path", None))
         if cls is None or not cls.__module__.startswith(_PROBED_MODULES):
             return
-        init_args = getattr(node, "init_args", None)
-        kwargs = init_args.as_dict() if init_args is not None else {}
-        kwargs = {name: _as_built(value) for name, value in kwargs.items()}
+        kwargs = _built_init_args(getattr(node, "init_args", None))
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -467,15 +465,20 @@ class LightningOptCLI(LightningCLI):
         except (ValueError, TypeError) as error:
             line = explain_init_error(error, config)
             if line is not None:
-                exit_with_one_line(f"{self.parser.prog} {subcommand or ''}".strip(), line)
+                exit_with_one_line(prog, line)
+
+    def _parsed_subcommand(self) -> tuple[Any, str]:
+        """The parsed config of the subcommand (or the whole config without one) and the program name to
+        report problems under (``lightning-opt fit``)."""
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else self.config
+        return config, f"{self.parser.prog} {subcommand or ''}".strip()
 
     def _check_regularizer_arguments(self) -> None:
         """Refuse a bad ``--regularizer`` right after parsing, on one line: a bad key or value, no
         ``--optimizer``, an optimizer that does not run the regularisers (torch's), or one that refuses the
         group (Norm Loss with Adafactor's ``lr=None``)."""
-        subcommand = self.config.get("subcommand")
-        config = self.config[subcommand] if subcommand else self.config
-        prog = f"{self.parser.prog} {subcommand or ''}".strip()
+        config, prog = self._parsed_subcommand()
         options = _regularizer_options(config)
         try:
             keys = options.group_keys()
@@ -675,6 +678,12 @@ def _engine_init_args(node: Any, outer: type) -> dict[str, Any]:
     init_args = _get(node, "init_args")
     if issubclass(outer, Lookahead):
         init_args = _get(_get(init_args, "optimizer"), "init_args")
+    return _built_init_args(init_args)
+
+
+def _built_init_args(init_args: Any) -> dict[str, Any]:
+    """A class's parsed ``init_args`` (a jsonargparse Namespace, a dict or ``None``) as keyword arguments, with
+    nested class nodes built as the real build builds them."""
     values = init_args.as_dict() if hasattr(init_args, "as_dict") else dict(init_args or {})
     return {name: _as_built(value) for name, value in values.items()}
 

@@ -186,8 +186,7 @@ class Amos(BaseOptimizer):
 
     def buffer_shapes(self, shape: torch.Size) -> dict[str, tuple[int, ...]]:
         one = (1,) * len(self.stack_view(shape))
-        shapes: dict[str, tuple[int, ...]] = {name: one for name in PER_TENSOR_STATE}
-        return shapes
+        return {name: one for name in PER_TENSOR_STATE}
 
     def init_state(self, param: torch.Tensor, state: dict[str, Any]) -> None:
         """Zero buffers (:meth:`BaseOptimizer.init_state`), and ``target_scale`` filled with the tensor's eta."""

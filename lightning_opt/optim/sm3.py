@@ -180,10 +180,9 @@ class SM3(BaseOptimizer):
 
     def buffer_shapes(self, shape: torch.Size) -> dict[str, tuple[int, ...]]:
         view = sm3_view(shape)
-        shapes: dict[str, tuple[int, ...]] = {
+        return {
             name: tuple(size if j == i else 1 for j, size in enumerate(view)) for i, name in enumerate(ACCUMULATORS)
         }
-        return shapes
 
     def group_hyperparameters(self, group: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
         beta, momentum = group["beta"], group["momentum"]

@@ -72,6 +72,8 @@ REGULARIZER_DEFAULTS: dict[str, Any] = {
     "cpr_warm_start": CPR_WARM_START,
 }
 """The group keys of the regularisers and the values a group that does not set them gets."""
+REGULARIZER_KEYS: dict[str, tuple[str, ...]] = {"norm_loss": ("norm_loss_factor",), "cpr": ("cpr_mu", "cpr_warm_start")}
+"""The group keys (of :data:`REGULARIZER_DEFAULTS`) that each regulariser reads besides ``"regularizer"``."""
 REGULARIZER_BUFFERS: dict[str, tuple[str, ...]] = {"norm_loss": (), "cpr": ("cpr_lagrange", "cpr_kappa")}
 """The per-tensor state each regulariser keeps (one number per tensor)."""
 REGULARIZER_STATE = frozenset(name for names in REGULARIZER_BUFFERS.values() for name in names)
