@@ -56,15 +56,20 @@ def eps_direction(
 
 
 def softplus_(x: torch.Tensor, beta: Scalar) -> torch.Tensor:
-    """In place ``softplus_beta(x) = log(1 + exp(beta * x)) / beta`` for ``x >= 0``, as ``x + log1p(exp(-beta
+    """In place ``softplus_beta(x) = log(1 + exp(beta * x)) / beta`` for ``x >= 0``, as ``x + log(1 + exp(-beta
     x)) / beta`` (no overflow for large ``beta * x``; ``torch.nn.functional.softplus`` returns ``x`` itself past
     ``beta * x > 20``, a difference below ``2e-9 / beta``). Returns ``x``.
+
+    ``log(1 + e)`` rather than ``log1p(e)``: with ``e = exp(-beta x)`` in ``(0, 1]`` the sum ``1 + e`` loses at
+    most half an ulp of 1, an absolute error of ``2**-24 / beta`` in float32: below 9e-8 of the result, which is at
+    least ``log(2) / beta``; and a vectorised ``log1p`` costs about twice a ``log`` on the
+    CPU (21M float32 elements, 2 threads, compiled: 97 ms against 53).
 
     Example:
         >>> softplus_(torch.tensor([0.0, 1.0]), 50.0)
         tensor([0.0139, 1.0000])
     """
-    return x.add_(torch.exp(x * -beta).log1p_().div_(beta))
+    return x.add_(torch.exp(x * -beta).add_(1.0).log_().div_(beta))
 
 
 def softplus_direction(
