@@ -62,8 +62,8 @@ def softplus_(x: torch.Tensor, beta: Scalar) -> torch.Tensor:
 
     ``log(1 + e)`` rather than ``log1p(e)``: with ``e = exp(-beta x)`` in ``(0, 1]`` the sum ``1 + e`` loses at
     most half an ulp of 1, an absolute error of ``2**-24 / beta`` in float32: below 9e-8 of the result, which is at
-    least ``log(2) / beta``; and a vectorised ``log1p`` costs about twice a ``log`` on the
-    CPU (21M float32 elements, 2 threads, compiled: 97 ms against 53).
+    least ``log(2) / beta``; and a vectorised ``log1p`` costs about twice a ``log`` on the CPU (21M float32
+    elements, 2 threads, compiled: 97 ms against 53).
 
     Example:
         >>> softplus_(torch.tensor([0.0, 1.0]), 50.0)
