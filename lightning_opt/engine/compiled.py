@@ -131,6 +131,13 @@ class CompiledRunner:
     The first call, which traces and compiles, runs without duck shaping; later calls (the same kind of
     stack, so dynamo's guards pass) go straight to the compiled code: the configuration patch costs
     tens of microseconds, more than the rest of a small step's host work.
+
+    The first call also builds the guards on the sizes in C++ (dynamo's ``enable_cpp_symbolic_shape_guards``;
+    off by default in torch 2.13) instead of as a Python function that reads each input's sizes, strides and
+    base at every call. Measured 2026-12-02 on this project's 2-core CPU: about 40 us less per call of 8 stacks
+    (NSGDA on the standard set's structure with small tensors, 10 calls: 4.46 -> 4.08 ms a step), and one small
+    C++ file more to compile per graph (compiled AdaLo's cold first step on 50 tensors: 6.5 -> 8.1 s). Without
+    a C++ compiler dynamo keeps the Python guards.
     """
 
     def __init__(self) -> None:
@@ -143,9 +150,10 @@ class CompiledRunner:
     def __call__(self, *args: Any) -> list[dict[str, torch.Tensor]]:
         if self._traced:
             return self._compiled(*args)
+        from torch._dynamo import config as dynamo_config
         from torch.fx.experimental import _config as shape_config
 
-        with shape_config.patch(use_duck_shape=False):
+        with shape_config.patch(use_duck_shape=False), dynamo_config.patch(enable_cpp_symbolic_shape_guards=True):
             result = self._compiled(*args)
         self._traced = True
         return result
