@@ -104,6 +104,34 @@ def test_a_stack_steps_each_tensor_as_if_it_were_alone(cls: type, compile: bool)
         torch.testing.assert_close(p.detach(), e, rtol=2e-6, atol=2e-7)
 
 
+@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
+def test_each_tensor_of_a_chunk_gets_the_bias_corrections_of_its_own_step_count(compile: bool) -> None:
+    """Stacks of one kind share a chunk and one vector of step counts; tensors that skipped steps (no
+    gradient) have smaller counts, and each must read its own row of the chunk's bias corrections."""
+    shapes = [SMALL, SMALL, (2, 5), (2, 5), (2, 5), (3, 7), (3, 7)]  # three copied stacks of one kind
+    skips = {0: [1, 3], 1: [3], 2: [0, 4, 5]}  # step -> the parameters without a gradient
+
+    def run(params: list[torch.nn.Parameter], optimizers: list[torch.optim.Optimizer]) -> list[torch.Tensor]:
+        for step in range(4):
+            _set_grads(params, step)
+            for index in skips.get(step, []):
+                params[index].grad = None
+            for optimizer in optimizers:
+                optimizer.step()
+        return [p.detach().clone() for p in params]
+
+    alone = _params(shapes)
+    expected = run(alone, [AdamAtan2([p], weight_decay=0.0) for p in alone])
+    stacked = _params(shapes)
+    optimizer = AdamAtan2(stacked, weight_decay=0.0, compile=compile)
+    got = run(stacked, [optimizer])
+    (chunks,) = list(optimizer._plans.values())[-1].chunks.values()  # the last step's: every parameter
+    assert [len(chunk) for chunk in chunks] == [3]  # the three stacks in one chunk
+    assert [float(optimizer.state[p]["step"]) for p in stacked] == [3.0, 3.0, 4.0, 2.0, 3.0, 3.0, 4.0]
+    for p, e in zip(got, expected):
+        torch.testing.assert_close(p, e, rtol=2e-6, atol=2e-7)
+
+
 def test_a_state_tensor_replaced_from_outside_is_used_by_the_next_step() -> None:
     params = _params([SMALL] * 3)
     optimizer = AdaLo(params, weight_decay=0.0)

@@ -25,7 +25,7 @@ from lightning_opt.engine.compiled import (
     scalar_dtype,
     shared_runner,
 )
-from lightning_opt.engine.stacks import Plan, Stack, ViewFn, all_finite, plan_stacks, reject_sparse_grads, units_view
+from lightning_opt.engine.stacks import Chunk, Plan, ViewFn, all_finite, plan_stacks, reject_sparse_grads, units_view
 from lightning_opt.transforms.arith import Scalar
 from lightning_opt.transforms.constraints import (
     BEFORE_UPDATE,
@@ -406,7 +406,7 @@ class BaseOptimizer(torch.optim.Optimizer):
 
     def _step_chunk(
         self,
-        chunk: list[Stack],
+        chunk: Chunk,
         group: dict[str, Any],
         numbers: dict[str, float],
         group_values: Optional[torch.Tensor],
@@ -417,13 +417,14 @@ class BaseOptimizer(torch.optim.Optimizer):
         """One step of a chunk of stacks of one kind: every phase of the update, compiled (one call for the
         whole chunk) or eagerly, then the copied stacks' parameters written back. ``statistics``
         (:meth:`step_statistics`) start what the phases carry."""
-        params, grads, buffers, steps = [], [], [], []
+        params, grads, buffers = [], [], []
         names = self._state_names(group)
-        for stack in chunk:
-            states = [self.state[param] for param in stack.params]
-            stack.bind(states, names)
-            steps.append(stack.advance_steps())
-            param, grad, stack_buffers = stack.gather(states, names)
+        states = [[self.state[param] for param in stack.params] for stack in chunk]
+        chunk.bind_steps([state for stack_states in states for state in stack_states])
+        steps = chunk.advance_steps()
+        for stack, stack_states in zip(chunk, states):
+            stack.bind(stack_states, names)
+            param, grad, stack_buffers = stack.gather(stack_states, names)
             params.append(param)
             grads.append(grad)
             buffers.append(stack_buffers)
@@ -488,26 +489,26 @@ class BaseOptimizer(torch.optim.Optimizer):
             stack.scatter()
 
     def _tensor_values(
-        self, group: dict[str, Any], steps: list[torch.Tensor], param: torch.Tensor, with_steps: bool = False
-    ) -> tuple[tuple[str, ...], list[Optional[torch.Tensor]]]:
-        """The names of the per-tensor hyper-parameters and, per stack of a chunk, a ``(k, n)`` tensor of their
-        values on the stacks' device, computed for the whole chunk at once (``None`` per stack if there are
-        none). ``with_steps`` adds each tensor's step count (for CPR), named
-        :data:`~lightning_opt.transforms.constraints.STEP`."""
+        self, group: dict[str, Any], steps: torch.Tensor, param: torch.Tensor, with_steps: bool = False
+    ) -> tuple[tuple[str, ...], Optional[torch.Tensor]]:
+        """The names of the per-tensor hyper-parameters and a ``(K, n)`` tensor of their values for the ``K``
+        tensors of a chunk (``steps``: their step counts, in order), on the stacks' device (``None`` if there
+        are none); :func:`~lightning_opt.engine.compiled.run_stacks` gives each stack its rows. ``with_steps``
+        adds each tensor's step count (for CPR), named :data:`~lightning_opt.transforms.constraints.STEP`."""
         own = type(self).tensor_hyperparameters is not BaseOptimizer.tensor_hyperparameters
         if not own and not with_steps:
-            return (), [None] * len(steps)
-        all_steps = torch.cat(steps).to(torch.float64)
+            return (), None
+        all_steps = steps.to(torch.float64)
         per_tensor = self.tensor_hyperparameters(group, all_steps) if own else {}
         if with_steps:
             per_tensor = {**per_tensor, STEP: all_steps}
         values = torch.stack(list(per_tensor.values()), dim=1).to(scalar_dtype(param.dtype))
         values = host_to_device(values, param.device)
-        return tuple(per_tensor), list(values.split([len(s) for s in steps]))
+        return tuple(per_tensor), values
 
     def _runner(
         self,
-        chunk: list[Stack],
+        chunk: Chunk,
         phase_index: int,
         phase: Callable[..., Any],
         transforms: tuple[str, ...],

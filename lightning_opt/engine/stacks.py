@@ -88,9 +88,9 @@ class Stack:
     A copied stack keeps, between steps, a ``(k, *shape)`` copy of its parameters and of their gradients
     (refreshed at every step with ``torch.stack(..., out=...)``) and holds its state buffers stacked: each
     tensor's ``state[name]`` is a view of the stacked buffer, so the update changes them in place and
-    nothing is copied back but the parameters. Every stack keeps its tensors' step counts as views of one
-    vector, advanced with one operation. Before each step :meth:`bind` checks that the state still holds
-    these views (``load_state_dict``, or a user, may have replaced them) and stacks the state again if not.
+    nothing is copied back but the parameters. Before each step :meth:`bind` checks that the state still
+    holds these views (``load_state_dict``, or a user, may have replaced them) and stacks the state again
+    if not.
     """
 
     def __init__(
@@ -108,8 +108,6 @@ class Stack:
         """The shapes of the state buffers not of the parameter's shape (seen as ``(k, *shape)``)."""
         self.copied = copied
         """Gathered with ``torch.stack`` and copied back after the update (else: one parameter, in place)."""
-        self._steps: torch.Tensor | None = None
-        self._step_views: list[torch.Tensor] = []
         self._buffers: dict[str, torch.Tensor] = {}
         self._buffer_views: dict[str, list[torch.Tensor]] = {}
         self._param_copy: torch.Tensor | None = None
@@ -152,13 +150,9 @@ class Stack:
         return len(self.params), units, width
 
     def bind(self, states: Sequence[dict[str, Any]], buffer_names: Sequence[str]) -> None:
-        """Make ``states``' step counts (and, for a copied stack, buffers) views of this stack's tensors,
-        stacking their current values again if anything replaced them since the last step."""
-        if self._steps is None or not all(map(operator.is_, (s["step"] for s in states), self._step_views)):
-            self._steps = torch.stack([state["step"] for state in states]).to(torch.float32)
-            self._step_views = list(self._steps.unbind(0))
-            for state, view in zip(states, self._step_views):
-                state["step"] = view
+        """For a copied stack, make ``states``' buffers views of this stack's tensors, stacking their current
+        values again if anything replaced them since the last step (the step counts are the
+        :class:`Chunk`'s)."""
         if not self.copied:
             return
         for name in buffer_names:
@@ -169,11 +163,6 @@ class Stack:
                 self._buffer_views[name] = views = list(self._buffers[name].unbind(0))
                 for state, view in zip(states, views):
                     state[name] = view
-
-    def advance_steps(self) -> torch.Tensor:
-        """Add one to every tensor's step count; return the counts (a float32 CPU tensor of shape ``(k,)``)."""
-        assert self._steps is not None, "bind() first"
-        return self._steps.add_(1)
 
     def gather(self, states: Sequence[dict[str, Any]], buffer_names: Sequence[str]) -> StackedTensors:
         """The ``(k, units, width)`` parameter, gradient and buffers of this step: views of the parameter and
@@ -224,11 +213,39 @@ class Plan:
     """How one group's parameters with gradients are stepped: per ``(device, dtype)``, chunks of stacks of
     one kind (:func:`chunk_stacks`), and the parameters without elements (only their step count advances)."""
 
-    chunks: dict[tuple[torch.device, torch.dtype], list[list[Stack]]]
+    chunks: dict[tuple[torch.device, torch.dtype], list[Chunk]]
     empty: list[torch.Tensor]
 
 
-def chunk_stacks(stacks: Sequence[Stack], size: int = CHUNK) -> list[list[Stack]]:
+class Chunk(list):  # type: ignore[type-arg]
+    """Stacks of one kind that one call of the update runs (a list of :class:`Stack`), with the step counts of
+    all their tensors as views of one vector, in the order of the stacks and their parameters: one
+    operation advances them, and the per-tensor hyper-parameters (bias corrections) are computed from it
+    at once. Before each step :meth:`bind_steps` checks that the states still hold these views
+    (``load_state_dict``, or a user, may have replaced them) and stacks the counts again if not."""
+
+    def __init__(self, stacks: Iterable[Stack] = ()) -> None:
+        super().__init__(stacks)
+        self._steps: torch.Tensor | None = None
+        self._step_views: list[torch.Tensor] = []
+
+    def bind_steps(self, states: Sequence[dict[str, Any]]) -> None:
+        """Make the step counts of ``states`` (those of every parameter of the chunk, in order) views of this
+        chunk's vector."""
+        if self._steps is None or not all(map(operator.is_, (s["step"] for s in states), self._step_views)):
+            self._steps = torch.stack([state["step"] for state in states]).to(torch.float32)
+            self._step_views = list(self._steps.unbind(0))
+            for state, view in zip(states, self._step_views):
+                state["step"] = view
+
+    def advance_steps(self) -> torch.Tensor:
+        """Add one to every tensor's step count; return the counts (a float32 CPU tensor, one per parameter of
+        the chunk, in the order of the stacks)."""
+        assert self._steps is not None, "bind_steps() first"
+        return self._steps.add_(1)
+
+
+def chunk_stacks(stacks: Sequence[Stack], size: int = CHUNK) -> list[Chunk]:
     """Group ``stacks`` by :attr:`Stack.kind` into chunks of at most ``size``, each run by one call of the
     update. A compiled call costs about 100-200 us of host work on this project's CPU (dynamo's entry and
     guards), as much as updating 50,000 elements: a model with 26 large tensors pays it 4 times, not 26.
@@ -237,7 +254,7 @@ def chunk_stacks(stacks: Sequence[Stack], size: int = CHUNK) -> list[list[Stack]
     by_kind: dict[tuple[Any, ...], list[Stack]] = {}
     for stack in stacks:
         by_kind.setdefault(stack.kind, []).append(stack)
-    return [group[i : i + size] for group in by_kind.values() for i in range(0, len(group), size)]
+    return [Chunk(group[i : i + size]) for group in by_kind.values() for i in range(0, len(group), size)]
 
 
 def plan_stacks(
