@@ -204,3 +204,31 @@ def test_a_layout_that_failed_to_compile_is_not_compiled_again_by_the_next_optim
         AdaLo(eager_params).step(loss=1.0)
         torch.testing.assert_close(params[0], eager_params[0], rtol=0, atol=0)
     assert attempts == 0  # the second optimizer ran eagerly at once, with the same warning
+
+
+@pytest.mark.parametrize("regularizer", [None, "norm_loss"])
+def test_an_eager_phase_runs_eagerly_under_compile_unless_it_applies_a_regulariser(regularizer: str | None) -> None:
+    """NSGDA's second pass (one addcmul_ per stack) is one of its ``eager_phases``: under ``compile=True`` only
+    the first pass compiles, with the numbers of the all-compiled path. A regulariser, which the last phase
+    applies, compiles it again."""
+    shapes = [(130, 130), (130, 131), (4, 3), (4, 3), (5,)]
+    group: dict[str, object] = {"regularizer": regularizer} if regularizer else {}
+    runs = {}
+    for eager_phases in (NSGDA.eager_phases, frozenset()):
+        kind = type("NSGDAUnderTest", (NSGDA,), {"eager_phases": eager_phases})
+        generator = torch.Generator().manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(shape, generator=generator)) for shape in shapes]
+        optimizer = kind([{"params": params, **group}], compile=True)
+        clear_shared_runners()
+        for _ in range(3):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=generator)
+            optimizer.step()
+        phases = {key[0].__name__ for key in compiled_module._shared_runners}
+        runs[eager_phases] = phases, [p.detach().clone() for p in params]
+    (eager_phases, (phases, got)), (_, (all_phases, expected)) = runs.items()
+    assert eager_phases == frozenset({"update_param"})
+    assert all_phases == {"update_momentum", "update_param"}
+    assert phases == ({"update_momentum"} if regularizer is None else all_phases)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=1e-6, atol=1e-6)

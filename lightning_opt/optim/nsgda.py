@@ -139,4 +139,6 @@ class NSGDA(BaseOptimizer):
 
     # The norm of the new momentum is needed before the parameter can move: two passes over the tensor.
     phases = ("update_momentum", "update_param")
+    # The second pass is one addcmul_ per stack: torch's kernel beats a compiled call (measured 2026-12-02).
+    eager_phases = frozenset({"update_param"})
 
