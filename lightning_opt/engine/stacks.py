@@ -217,7 +217,7 @@ class Plan:
     empty: list[torch.Tensor]
 
 
-class Chunk(list):  # type: ignore[type-arg]
+class Chunk(list[Stack]):
     """Stacks of one kind that one call of the update runs (a list of :class:`Stack`), with the step counts of
     all their tensors as views of one vector, in the order of the stacks and their parameters: one
     operation advances them, and the per-tensor hyper-parameters (bias corrections) are computed from it
