@@ -148,9 +148,10 @@ class BaseOptimizer(torch.optim.Optimizer):
     phases: ClassVar[tuple[str, ...]] = ("update",)
     """The names of the update functions (static methods) run in turn over each stack."""
     eager_phases: ClassVar[frozenset[str]] = frozenset()
-    """Phases that run eagerly even under ``compile=True``, unless they apply a regulariser: a phase that is one
-    in-place operation per stack, which torch's own kernel runs faster than a compiled call does (NSGDA's
-    parameter step, ``p += s * m``: a whole step on the standard benchmark took 21.2 ms instead of 23.5)."""
+    """Phases that run eagerly even under ``compile=True``, unless they apply gradient transforms or a regulariser
+    (those stay fused in the graph): a phase that is one in-place operation per stack, which torch's own kernel
+    runs faster than a compiled call does (NSGDA's parameter step, ``p += s * m``: a whole step on the standard
+    benchmark took 21.2 ms instead of 23.5)."""
     hyperparameter_check: ClassVar[Optional[Callable[..., dict[str, Any]]]] = None
     """Validates one group's hyper-parameters and returns them normalised; its arguments are named like the
     group's keys (``lr``, ``betas``...). Wrap it in ``staticmethod``. The engine runs it on every group
@@ -242,11 +243,13 @@ class BaseOptimizer(torch.optim.Optimizer):
 
         Args:
             group: the parameter group.
-            steps: the step count of each tensor of a stack (this step included), a float64 CPU tensor of
-                shape ``(k,)``; write the numbers with tensor operations (``beta ** steps``), in float64.
+            steps: the step count of each tensor of a chunk of stacks (this step included), a float64 CPU
+                tensor of shape ``(K,)``; write the numbers with tensor operations (``beta ** steps``), in
+                float64.
 
         Returns:
-            Named float64 tensors of shape ``(k,)``; the update reads each as a ``(k, 1, ..., 1)`` tensor.
+            Named float64 tensors of shape ``(K,)``; the update of a stack of ``k`` tensors reads its rows of
+            each as a ``(k, 1, ..., 1)`` tensor.
         """
         return {}
 
