@@ -6,9 +6,11 @@ oracle for alpha = 0 and for the first step."""
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
+from torch._inductor.utils import run_and_get_code
 
 from lightning_opt import FractionalAdam, get_spec
 from lightning_opt.engine.stacks import STACK_NUMEL
@@ -102,7 +104,26 @@ def test_tensors_of_one_stack_at_different_steps_and_non_contiguous():
 
 
 def test_compiled_matches_the_definition():
-    run({"alpha": -0.4, "history": 3, "lr": 1e-2}, steps=8, compile=True, shapes=[(5, 3), (5, 3), (7,)])
+    """Compiled, with the two (5, 3) tensors of one stack at different steps (each writes its own ring slot)."""
+    run({"alpha": -0.4, "history": 3, "lr": 1e-2}, steps=8, compile=True, shapes=[(5, 3), (5, 3), (7,)], skip=0)
+
+
+def test_compiled_step_writes_the_ring_slot_in_place_without_a_copy_of_the_history():
+    """Compiled, writing this step's gradient into its slot by ``index_put_`` made inductor copy the whole
+    history (K times the parameter) into a temporary and back at every step: K * 4 bytes per parameter of
+    extra peak memory and twice that in traffic. The graph must allocate nothing of the history's size."""
+    shapes = [(130, 131), (STACK_NUMEL + 3,)]
+    params = [torch.nn.Parameter(torch.randn(shape)) for shape in shapes]
+    optimizer = FractionalAdam(params, history=4, compile=True)
+    for p in params:
+        p.grad = torch.randn(p.shape)
+    codes = run_and_get_code(optimizer.step)[1]
+    assert codes, "nothing was compiled"
+    allocated = [shape for code in codes for shape in re.findall(r"empty_strided_cpu\((\([^)]*\))", code)]
+    assert all(set(shape) <= set("(1, )") for shape in allocated), allocated  # single numbers only
+    for p in params:
+        history = optimizer.state[p]["grad_history"]
+        assert torch.equal(history[0].reshape(p.shape), p.grad) and not history[1:].any()  # step 1: slot 0
 
 
 def test_alpha_zero_is_torch_adam_and_the_first_step_is_adams():

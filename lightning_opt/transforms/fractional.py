@@ -91,8 +91,16 @@ def grunwald_letnikov_ring_(
     out = grad.clone()
     for s, weight in enumerate(weights):
         out = add_scaled(out, history[:, s], weight)
-    rows = torch.arange(history.shape[0], device=history.device)
-    history.index_put_((rows, slot.reshape(-1).long()), grad)
+    if torch.compiler.is_compiling():
+        # Compiled, an index_put_ on a buffer the graph also reads is staged: inductor copied the whole history
+        # (K times the parameter) into a temporary, wrote the slot there and copied it back, every step. A
+        # select-and-copy of every slot is updated in place (same numbers: each value is copied, not computed).
+        slots = torch.arange(history.shape[1], device=history.device, dtype=slot.dtype)
+        mask = slots.view(1, -1, *([1] * (history.dim() - 2))) == slot.unsqueeze(1)
+        history.copy_(torch.where(mask, grad.unsqueeze(1), history))
+    else:  # eagerly, the masked copy would allocate a temporary of the history's size instead
+        rows = torch.arange(history.shape[0], device=history.device)
+        history.index_put_((rows, slot.reshape(-1).long()), grad)
     return out
 
 
