@@ -111,7 +111,8 @@ def test_compiled_matches_the_definition():
 def test_compiled_step_writes_the_ring_slot_in_place_without_a_copy_of_the_history():
     """Compiled, writing this step's gradient into its slot by ``index_put_`` made inductor copy the whole
     history (K times the parameter) into a temporary and back at every step: K * 4 bytes per parameter of
-    extra peak memory and twice that in traffic. The graph must allocate nothing of the history's size."""
+    extra peak memory, and 4 K accesses more (read and write in, read and write back). The graph must allocate
+    nothing of the history's size."""
     shapes = [(130, 131), (STACK_NUMEL + 3,)]
     params = [torch.nn.Parameter(torch.randn(shape)) for shape in shapes]
     optimizer = FractionalAdam(params, history=4, compile=True)
