@@ -20,6 +20,7 @@ COMPILE_TIME = BENCHMARKS / "compile_time.py"
 GPU = BENCHMARKS / "gpu.py"
 ENGINE_TARGETS = BENCHMARKS / "engine_targets.py"
 MEMORY_ACCURACY = BENCHMARKS / "memory_accuracy.py"
+HOST_WORK = BENCHMARKS / "host_work.py"
 
 
 def _run(*args: str, cwd: Path, script: Path = STEP_SPEED) -> subprocess.CompletedProcess[str]:
@@ -242,3 +243,64 @@ def test_memory_accuracy_bad_arguments_exit_2_with_one_line(
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith(expected)
     assert not (tmp_path / "never.json").exists()
+
+
+def _plan_structure(shapes: tuple[tuple[int, ...], ...]) -> list[list[tuple[object, bool]]]:
+    """Each chunk of an eager NSGDA step on parameters of ``shapes``: its stacks' kinds and whether they are copied."""
+    from lightning_opt import NSGDA
+
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from common import make_params
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    optimizer = NSGDA(make_params(shapes))
+    optimizer.step()
+    (plan,) = optimizer._plans.values()
+    return [[(stack.kind, stack.copied) for stack in chunk] for chunks in plan.chunks.values() for chunk in chunks]
+
+
+def test_the_host_twin_keeps_the_standard_sets_plan_with_a_thirty_fifth_of_its_elements() -> None:
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from common import STANDARD_SHAPES
+        from host_work import host_twin
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    twin = tuple(host_twin(shape) for shape in STANDARD_SHAPES)
+
+    assert _plan_structure(twin) == _plan_structure(STANDARD_SHAPES)  # same stacks, kinds and chunks: same host work
+    assert sum(map(math.prod, twin)) * 35 < sum(map(math.prod, STANDARD_SHAPES))
+    assert host_twin((3, 1, 100_000)) == (2, 1, 8193) and host_twin((7,)) == (7,)
+
+
+def test_host_work_times_both_sets_and_writes_its_table(tmp_path: Path) -> None:
+    out = tmp_path / "host_work.json"
+    result = _run(
+        "--only", "AdamW-fused", "NSGDA", "--steps", "2", "--warmup", "1", "--out", str(out),
+        cwd=tmp_path, script=HOST_WORK,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "| NSGDA |" in result.stdout and "host twin ms" in result.stdout
+    records = json.loads(out.read_text())["results"]
+    assert [record["name"] for record in records] == ["AdamW-fused", "NSGDA"]
+    for record in records:
+        assert 0 < record["twin_step_ms"] and 0 < record["floor_ms"]
+        assert math.isclose(record["kernels_ms"], record["step_ms"] - record["twin_step_ms"])
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("--only", "Foo"), "host_work.py: error: unknown --only 'Foo'"),
+        (("--steps", "0"), "host_work.py: error: --steps 0 and --warmup 3 must be at least 1"),
+    ],
+)
+def test_host_work_bad_arguments_exit_2_with_one_line(tmp_path: Path, args: tuple[str, ...], expected: str) -> None:
+    result = _run(*args, cwd=tmp_path, script=HOST_WORK)
+
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(expected)
+    assert not (tmp_path / "benchmarks").exists()  # nothing ran, nothing written
