@@ -72,9 +72,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu", help="cpu (default) or a CUDA device")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/host_work.json"))
     args = parser.parse_args(argv)
-    problem = unknown_names_message(args.only, list(all_candidates))
+    problem = unknown_names_message(args.only, list(all_candidates), parser.prog)
     if problem is not None:
-        print(problem.replace("step_speed.py", "host_work.py"), file=sys.stderr)
+        print(problem, file=sys.stderr)
         sys.exit(2)
     if args.steps < 1 or args.warmup < 1:
         fail(parser.prog, f"--steps {args.steps} and --warmup {args.warmup} must be at least 1")
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.only:
         candidate = all_candidates[name]
         full, twin = medians[(name, "standard")], medians[(name, "twin")]
-        floor = candidate.memory_accesses * 4 * numel["standard"] / bandwidth * 1e3
+        floor = candidate.floor_ms(numel["standard"], bandwidth)
         rows.append([name, f"{full:.1f}", f"{full / floor:.2f}", f"{twin:.2f}", f"{full - twin:.1f}",
                      f"{(full - twin) / floor:.2f}"])
         records.append({"name": name, "step_ms": full, "floor_ms": floor, "twin_step_ms": twin,

@@ -87,6 +87,11 @@ class Candidate:
     samples: list[float] = field(default_factory=list)
     first_step_s: float = 0.0
 
+    def floor_ms(self, numel: int, bandwidth: float) -> float:
+        """The bandwidth floor of one step on ``numel`` fp32 parameters: the bytes of :attr:`memory_accesses`
+        parameter-sized reads and writes at ``bandwidth`` bytes per second, in milliseconds."""
+        return self.memory_accesses * 4 * numel / bandwidth * 1e3
+
 
 def eager_and_compiled(
     name: str, suffix: str = "", algorithm: str | None = None, extra_accesses: int = 0, **kwargs: Any
@@ -233,12 +238,13 @@ def build_parser(names: list[str]) -> argparse.ArgumentParser:
     return parser
 
 
-def unknown_names_message(only: list[str] | None, names: list[str]) -> str | None:
-    """One line naming the ``--only`` values that are not candidates, and the candidates; ``None`` if all are."""
+def unknown_names_message(only: list[str] | None, names: list[str], prog: str = "step_speed.py") -> str | None:
+    """One line (from the script ``prog``) naming the ``--only`` values that are not candidates, and the
+    candidates; ``None`` if all are."""
     unknown = [name for name in only or () if name not in names]
     if not unknown:
         return None
-    return f"step_speed.py: error: unknown --only {', '.join(map(repr, unknown))}; candidates: {', '.join(names)}"
+    return f"{prog}: error: unknown --only {', '.join(map(repr, unknown))}; candidates: {', '.join(names)}"
 
 
 def setup_problem(args: argparse.Namespace) -> str | None:
@@ -301,7 +307,7 @@ def main(argv: list[str] | None = None) -> None:
     rows, records = [], []
     for candidate in chosen:
         ms = median_ms(candidate.samples)
-        floor_ms = candidate.memory_accesses * 4 * numel / bandwidth * 1e3
+        floor_ms = candidate.floor_ms(numel, bandwidth)
         record = {
             "name": candidate.name,
             "algorithm": candidate.algorithm,
