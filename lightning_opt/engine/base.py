@@ -25,6 +25,7 @@ from lightning_opt.engine.compiled import (
     scalar_dtype,
     shared_runner,
 )
+from lightning_opt.engine.replay import Replay
 from lightning_opt.engine.stacks import Chunk, Plan, ViewFn, all_finite, plan_stacks, reject_sparse_grads, units_view
 from lightning_opt.transforms.arith import Scalar
 from lightning_opt.transforms.constraints import (
@@ -484,9 +485,12 @@ class BaseOptimizer(torch.optim.Optimizer):
                     phase_regularizers,
                 )
             if runner is not None:
-                key, compiled = runner
+                key, replay = runner
+                written = [*params, *(buffer for named in buffers for buffer in named.values())]
+                inputs = [*written, *grads, group_values, *([] if tensor_values is None else [tensor_values])]
+                inputs += [value for named in carried for value in named.values()]
                 try:
-                    carried = compiled(*args)
+                    carried = replay(args, inputs, written)
                     continue
                 except _dynamo_exception() as error:  # raised while compiling, before the graph changes anything
                     message = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error) else ''}"
@@ -527,9 +531,10 @@ class BaseOptimizer(torch.optim.Optimizer):
         carried: Mapping[str, torch.Tensor],
         keep_grad: bool,
         regularizers: tuple[str, ...] = (),
-    ) -> Optional[tuple[tuple[Any, ...], Callable[..., Any]]]:
-        """The compiled runner of this phase for this chunk of stacks, with its key; ``None`` on the eager
-        path, or if that runner failed to compile (it then runs eagerly, with one warning per optimizer)."""
+    ) -> Optional[tuple[tuple[Any, ...], Replay]]:
+        """The compiled runner of this phase for this chunk of stacks, as the chunk's :class:`~lightning_opt.engine.
+        replay.Replay` of it, with its key; ``None`` on the eager path, or if that runner failed to compile (it then
+        runs eagerly, with one warning per optimizer)."""
         if not self._compile:
             return None
         param = chunk[0].params[0]
@@ -544,7 +549,10 @@ class BaseOptimizer(torch.optim.Optimizer):
                 self._eager_fallback_warned.add(key)
                 self._warn_compile_failed(phase_index, param.device, param.dtype, runner)
             return None
-        return key, runner
+        replay = chunk.replays.get(key)
+        if replay is None or replay.runner is not runner:  # the shared cache may have dropped and remade it
+            replay = chunk.replays[key] = Replay(runner)
+        return key, replay
 
     def _warn_compile_failed(self, phase: int, device: torch.device, dtype: torch.dtype, error: str) -> None:
         warnings.warn(

@@ -30,6 +30,7 @@ from typing import Any, Optional, Union
 
 import torch
 
+from lightning_opt.engine.replay import guard_chosen_code
 from lightning_opt.transforms.constraints import BEFORE_UPDATE, apply_regularizer
 from lightning_opt.transforms.gradient import apply_gradient_transforms
 
@@ -152,8 +153,10 @@ class CompiledRunner:
         code = run_stacks.__code__
         code = code.replace(co_name=f"{code.co_name}_{next(_runner_ids)}")
         function = types.FunctionType(code, run_stacks.__globals__, code.co_name)
+        self._code = code
         self._compiled = torch.compile(function, fullgraph=True, dynamic=True)
         self._traced = False
+        self._functions: dict[types.CodeType, Callable[..., Any]] = {}
 
     def __call__(self, *args: Any) -> list[dict[str, torch.Tensor]]:
         if self._traced:
@@ -165,6 +168,11 @@ class CompiledRunner:
             result = self._compiled(*args)
         self._traced = True
         return result
+
+    def compiled_code(self, args: Sequence[Any]) -> Optional[Callable[..., Any]]:
+        """The compiled code dynamo's guards choose for ``args`` (those of a call just made), as a plain function
+        that runs it without the guards (:func:`~lightning_opt.engine.replay.guard_chosen_code`); ``None`` if none."""
+        return guard_chosen_code(self._code, run_stacks.__globals__, args, self._functions)
 
 
 def runner_key(

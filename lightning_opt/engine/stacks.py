@@ -228,6 +228,9 @@ class Chunk(list[Stack]):
         super().__init__(stacks)
         self._steps: torch.Tensor | None = None
         self._step_views: list[torch.Tensor] = []
+        self.replays: dict[tuple[Any, ...], Any] = {}
+        """The :class:`~lightning_opt.engine.replay.Replay` of each compiled phase run on this chunk, by the
+        runner's key (:func:`~lightning_opt.engine.compiled.runner_key`)."""
 
     def bind_steps(self, states: Sequence[dict[str, Any]]) -> None:
         """Make the step counts of ``states`` (those of every parameter of the chunk, in order) views of this
