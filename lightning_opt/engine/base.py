@@ -244,12 +244,12 @@ class BaseOptimizer(torch.optim.Optimizer):
 
         Args:
             group: the parameter group.
-            steps: the step count of each tensor of a chunk of stacks (this step included), a float64 CPU
-                tensor of shape ``(K,)``; write the numbers with tensor operations (``beta ** steps``), in
-                float64.
+            steps: the step count (this step included) of each of the group's ``K`` tensors of one device and
+                dtype that take this step, a float64 CPU tensor of shape ``(K,)``; write the numbers with tensor
+                operations (``beta ** steps``), in float64.
 
         Returns:
-            Named float64 tensors of shape ``(K,)``; the update of a stack of ``k`` tensors reads its rows of
+            Named float64 tensors of shape ``(K,)``; the update of a stack of ``k`` tensors reads its elements of
             each as a ``(k, 1, ..., 1)`` tensor.
         """
         return {}
@@ -347,8 +347,17 @@ class BaseOptimizer(torch.optim.Optimizer):
                     if self._compile
                     else None
                 )
+                # every tensor's step count and per-tensor numbers at once; each chunk reads its columns
+                counts = plan.counts[(device, dtype)]
+                counts.bind([self.state[param] for param in plan.params((device, dtype))])
+                tensor_names, tensor_values = self._tensor_values(
+                    group, counts.advance(), dtype, device, group.get("regularizer") == "cpr"
+                )
                 for chunk in chunks:
-                    self._step_chunk(chunk, group, numbers, group_values, flags, transforms, statistics)
+                    chunk_values = None if tensor_values is None else tensor_values[:, chunk.start : chunk.stop]
+                    self._step_chunk(
+                        chunk, group, numbers, group_values, tensor_names, chunk_values, flags, transforms, statistics
+                    )
             if plan.empty:
                 torch._foreach_add_([self.state[p]["step"] for p in plan.empty], 1)
         return loss
@@ -418,18 +427,19 @@ class BaseOptimizer(torch.optim.Optimizer):
         group: dict[str, Any],
         numbers: dict[str, float],
         group_values: Optional[torch.Tensor],
+        tensor_names: tuple[str, ...],
+        tensor_values: Optional[torch.Tensor],
         flags: dict[str, Any],
         transforms: tuple[str, ...],
         statistics: Optional[Mapping[str, torch.Tensor]] = None,
     ) -> None:
         """One step of a chunk of stacks of one kind: every phase of the update, compiled (one call for the
-        whole chunk) or eagerly, then the copied stacks' parameters written back. ``statistics``
-        (:meth:`step_statistics`) start what the phases carry."""
+        whole chunk) or eagerly, then the copied stacks' parameters written back. ``tensor_values`` are the
+        chunk's columns of :meth:`_tensor_values`; ``statistics`` (:meth:`step_statistics`) start what the phases
+        carry."""
         params, grads, buffers = [], [], []
         names = self._state_names(group)
         states = [[self.state[param] for param in stack.params] for stack in chunk]
-        chunk.bind_steps([state for stack_states in states for state in stack_states])
-        steps = chunk.advance_steps()
         for stack, stack_states in zip(chunk, states):
             stack.bind(stack_states, names)
             param, grad, stack_buffers = stack.gather(stack_states, names)
@@ -437,7 +447,6 @@ class BaseOptimizer(torch.optim.Optimizer):
             grads.append(grad)
             buffers.append(stack_buffers)
         regularizer = group.get("regularizer")
-        tensor_names, tensor_values = self._tensor_values(group, steps, params[0], regularizer == "cpr")
         group_names = tuple(numbers)
         unit_start = chunk[0].unit_start
         regularizers = (regularizer,) if regularizer else ()
@@ -502,12 +511,18 @@ class BaseOptimizer(torch.optim.Optimizer):
             stack.scatter()
 
     def _tensor_values(
-        self, group: dict[str, Any], steps: torch.Tensor, param: torch.Tensor, with_steps: bool = False
+        self,
+        group: dict[str, Any],
+        steps: torch.Tensor,
+        dtype: torch.dtype,
+        device: torch.device,
+        with_steps: bool = False,
     ) -> tuple[tuple[str, ...], Optional[torch.Tensor]]:
-        """The names of the per-tensor hyper-parameters and a ``(K, n)`` tensor of their values for the ``K``
-        tensors of a chunk (``steps``: their step counts, in order), on the stacks' device (``None`` if there
-        are none); :func:`~lightning_opt.engine.compiled.run_stacks` gives each stack its rows. ``with_steps``
-        adds each tensor's step count (for CPR), named :data:`~lightning_opt.transforms.constraints.STEP`."""
+        """The names of the ``n`` per-tensor hyper-parameters and an ``(n, K)`` tensor of their values for ``K``
+        tensors of parameters of ``dtype`` on ``device`` (``steps``: their step counts, in order), on ``device``
+        (``None`` if there are none); :func:`~lightning_opt.engine.compiled.run_stacks` gives each stack its
+        columns. ``with_steps`` adds each tensor's step count (for CPR), named
+        :data:`~lightning_opt.transforms.constraints.STEP`."""
         own = type(self).tensor_hyperparameters is not BaseOptimizer.tensor_hyperparameters
         if not own and not with_steps:
             return (), None
@@ -515,8 +530,8 @@ class BaseOptimizer(torch.optim.Optimizer):
         per_tensor = self.tensor_hyperparameters(group, all_steps) if own else {}
         if with_steps:
             per_tensor = {**per_tensor, STEP: all_steps}
-        values = torch.stack(list(per_tensor.values()), dim=1).to(scalar_dtype(param.dtype))
-        values = host_to_device(values, param.device)
+        values = torch.stack(list(per_tensor.values())).to(scalar_dtype(dtype))
+        values = host_to_device(values, device)
         return tuple(per_tensor), values
 
     def _runner(

@@ -55,10 +55,7 @@ def run_stack(
     param: torch.Tensor,
     grad: torch.Tensor,
     buffers: dict[str, torch.Tensor],
-    group_values: Any,
-    tensor_values: Optional[torch.Tensor],
-    group_names: Sequence[str],
-    tensor_names: Sequence[str],
+    numbers: Mapping[str, Any],
     flags: Mapping[str, Any],
     carried: Mapping[str, torch.Tensor],
     grad_transforms: Sequence[str],
@@ -68,24 +65,19 @@ def run_stack(
 ) -> dict[str, torch.Tensor]:
     """Apply one phase of an update to a stack; return what every phase so far returned (named tensors).
 
-    ``group_values`` holds the group's hyper-parameters (``group_names``): Python floats on the eager path,
-    a 1-D tensor on the compiled path. ``tensor_values`` is a ``(k, len(tensor_names))`` tensor of each
-    tensor's own numbers (bias corrections), seen by the update as ``(k, 1, ..., 1)`` tensors (as many
-    dimensions as the stack). ``carried`` holds what the earlier phases returned (a norm per tensor, say),
-    added to the hyper-parameters. ``grad_transforms`` names gradient transforms applied, out of place, to
-    the gradient before ``update`` reads it, with units starting at dimension ``unit_start``; with
-    ``keep_grad`` (the first of several phases) the transformed gradient is carried too, and the later
-    phases read it as their ``grad`` (:data:`TRANSFORMED_GRAD`). ``regularizers`` names the parameter-side
-    regularisers of :mod:`lightning_opt.transforms.constraints` this phase applies (the engine gives them to
-    the last phase): those of :data:`~lightning_opt.transforms.constraints.BEFORE_UPDATE` after the gradient
-    transforms and before ``update``, the others after it.
+    ``numbers`` holds the hyper-parameters: the group's (Python floats on the eager path, 0-d tensors on the
+    compiled path) and each tensor's own (bias corrections), as ``(k, 1, ..., 1)`` tensors (as many dimensions
+    as the stack). ``carried`` holds what the earlier phases returned (a norm per tensor, say), added to the
+    hyper-parameters. ``grad_transforms`` names gradient transforms applied, out of place, to the gradient
+    before ``update`` reads it, with units starting at dimension ``unit_start``; with ``keep_grad`` (the first
+    of several phases) the transformed gradient is carried too, and the later phases read it as their ``grad``
+    (:data:`TRANSFORMED_GRAD`). ``regularizers`` names the parameter-side regularisers of
+    :mod:`lightning_opt.transforms.constraints` this phase applies (the engine gives them to the last phase):
+    those of :data:`~lightning_opt.transforms.constraints.BEFORE_UPDATE` after the gradient transforms and
+    before ``update``, the others after it.
     """
-    hyperparameters = {name: group_values[i] for i, name in enumerate(group_names)}
-    for j, name in enumerate(tensor_names):
-        hyperparameters[name] = tensor_values[:, j].view(-1, *([1] * (param.dim() - 1)))  # type: ignore[index]
-    earlier = dict(carried)
-    grad = earlier.pop(TRANSFORMED_GRAD, grad)
-    hyperparameters.update(earlier)
+    hyperparameters = {**numbers, **carried}
+    grad = hyperparameters.pop(TRANSFORMED_GRAD, grad)
     grad = apply_gradient_transforms(grad, param, grad_transforms, hyperparameters, unit_start)
     for name in regularizers:
         if name in BEFORE_UPDATE:
@@ -116,22 +108,29 @@ def run_stacks(
     regularizers: Sequence[str] = (),
 ) -> list[dict[str, torch.Tensor]]:
     """:func:`run_stack` over a chunk of stacks (the lists hold one entry per stack); returns what each
-    returned. ``tensor_values`` holds the per-tensor numbers of every tensor of the chunk, in the order of
-    the stacks (one input of the graph rather than one per stack: each costs the compiled call's prologue
-    and guards some microseconds); each stack reads its ``k`` rows. Compiled, one call runs the whole
-    chunk."""
-    results, start = [], 0
-    for i in range(len(params)):
-        k = params[i].shape[0]
-        values = None if tensor_values is None else tensor_values[start : start + k]
-        start = start + k
-        results.append(
-            run_stack(
-                update, params[i], grads[i], buffers[i], group_values, values, group_names, tensor_names,
-                flags, carried[i], grad_transforms, unit_start, keep_grad, regularizers,
-            )
+    returned. Compiled, one call runs the whole chunk.
+
+    ``group_values`` holds the group's hyper-parameters (``group_names``): Python floats on the eager path, a
+    1-D tensor on the compiled path. ``tensor_values`` is an ``(n, K)`` tensor of the ``n`` per-tensor numbers
+    (``tensor_names``) of the ``K`` tensors of the chunk, in the order of the stacks: one input of the graph
+    rather than one per stack (each costs the compiled call's prologue and guards some microseconds), cut into
+    each stack's ``(k, 1, ..., 1)`` views once per call rather than once per stack and number.
+    """
+    group = {name: group_values[i] for i, name in enumerate(group_names)}
+    per_stack: list[dict[str, Any]] = [{} for _ in params]
+    if tensor_values is not None:
+        sizes = [param.shape[0] for param in params]
+        ones = [1] * (params[0].dim() - 1)
+        for j, name in enumerate(tensor_names):
+            for numbers, value in zip(per_stack, tensor_values[j].view(-1, *ones).split(sizes)):
+                numbers[name] = value
+    return [
+        run_stack(
+            update, params[i], grads[i], buffers[i], {**group, **per_stack[i]}, flags, carried[i], grad_transforms,
+            unit_start, keep_grad, regularizers,
         )
-    return results
+        for i in range(len(params))
+    ]
 
 
 class CompiledRunner:

@@ -43,6 +43,20 @@ ENABLED = True
 """Whether :class:`Replay` skips dynamo's guards after a guarded call (``False``: every call is guarded)."""
 
 _data_ptr = torch.Tensor.data_ptr
+_eval_frame = getattr(torch._C, "_dynamo", None) and getattr(torch._C._dynamo, "eval_frame", None)
+_guards = getattr(torch._C, "_dynamo", None) and getattr(torch._C._dynamo, "guards", None)
+SUPPORTED = all(
+    callable(getattr(module, name, None))
+    for module, name in (
+        (_eval_frame, "_debug_get_cache_entry_list"),
+        (_eval_frame, "get_eval_frame_callback"),
+        (_guards, "TensorGuards"),
+        (_guards, "GlobalStateGuard"),
+        (torch._C, "_len_torch_function_stack"),
+        (torch._C, "_len_torch_dispatch_stack"),
+    )
+)
+"""Whether this torch has what a replay reads (torch 2.13 has; without it every call is guarded, as before)."""
 
 
 class Replay:
@@ -88,16 +102,14 @@ class Replay:
             return code(*args)
         result = self.runner(*args)
         self.guarded_calls += 1
-        self._code = self.runner.compiled_code(args) if ENABLED and _plain_context() else None
+        self._code = self.runner.compiled_code(args) if ENABLED and SUPPORTED and _plain_context() else None
         if self._code is not None:
-            from torch._C._dynamo.guards import GlobalStateGuard, TensorGuards
-
-            self._tensor_guard = TensorGuards(
+            self._tensor_guard = _guards.TensorGuards(
                 *tensors,
                 dynamic_dims_sizes=[list(tensor.shape) for tensor in tensors],
                 dynamic_dims_strides=[list(tensor.stride()) for tensor in tensors],
             )
-            self._global_guard = GlobalStateGuard()
+            self._global_guard = _guards.GlobalStateGuard()
             self._addresses = list(map(_data_ptr, written))
         return result
 
@@ -107,7 +119,7 @@ def _plain_context() -> bool:
     dynamo) and no torch-function or dispatch mode active (dynamo's guards check the modes)."""
     return (
         not torch.compiler.is_compiling()
-        and torch._C._dynamo.eval_frame.get_eval_frame_callback() is None
+        and _eval_frame.get_eval_frame_callback() is None
         and torch._C._len_torch_function_stack() == 0
         and torch._C._len_torch_dispatch_stack() == 0
     )
@@ -149,17 +161,15 @@ def guard_chosen_code(
 ) -> Optional[Callable[..., Any]]:
     """The compiled code that dynamo's guards choose for calling the function of ``code`` (whose globals are
     ``namespace``) with ``args``, as a plain function (made once per compiled entry and kept in ``functions``), or
-    ``None`` if no entry's guards pass (or this torch has no such entries to read).
+    ``None`` if no entry's guards pass (or this torch's entries have no guard manager to ask).
 
     The function runs on a copy of ``namespace`` made then (:func:`_plain_namespace`), which holds the compiled
     graph: dynamo stores each graph in ``namespace`` under a name of its own, with a fresh uuid.
     """
-    read_entries = getattr(torch._C._dynamo.eval_frame, "_debug_get_cache_entry_list", None)
-    if read_entries is None:
-        return None
     frame_locals = dict(zip(code.co_varnames[: code.co_argcount], args))
-    for entry in read_entries(code):
-        if entry.guard_manager.check(frame_locals):
+    for entry in _eval_frame._debug_get_cache_entry_list(code):
+        check = getattr(getattr(entry, "guard_manager", None), "check", None)
+        if check is not None and check(frame_locals):
             function = functions.get(entry.code)
             if function is None:
                 function = functions[entry.code] = types.FunctionType(

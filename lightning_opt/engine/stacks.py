@@ -33,7 +33,7 @@ import functools
 import math
 import operator
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
@@ -208,44 +208,69 @@ CHUNK = 8
 """The most stacks one call of the update runs (:func:`chunk_stacks`)."""
 
 
-@dataclass
-class Plan:
-    """How one group's parameters with gradients are stepped: per ``(device, dtype)``, chunks of stacks of
-    one kind (:func:`chunk_stacks`), and the parameters without elements (only their step count advances)."""
+class StepCounts:
+    """The step counts of the tensors of one ``(device, dtype)`` bucket of a :class:`Plan`, as views of one vector,
+    in the order of its chunks, their stacks and their parameters: one operation advances them all, and the
+    per-tensor hyper-parameters (bias corrections) are computed from it at once, each chunk reading its slice
+    (:attr:`Chunk.start`, :attr:`Chunk.stop`). Before each step :meth:`bind` checks that the states still hold these
+    views (``load_state_dict``, or a user, may have replaced them) and stacks the counts again if not."""
 
-    chunks: dict[tuple[torch.device, torch.dtype], list[Chunk]]
-    empty: list[torch.Tensor]
-
-
-class Chunk(list[Stack]):
-    """Stacks of one kind that one call of the update runs (a list of :class:`Stack`), with the step counts of
-    all their tensors as views of one vector, in the order of the stacks and their parameters: one
-    operation advances them, and the per-tensor hyper-parameters (bias corrections) are computed from it
-    at once. Before each step :meth:`bind_steps` checks that the states still hold these views
-    (``load_state_dict``, or a user, may have replaced them) and stacks the counts again if not."""
-
-    def __init__(self, stacks: Iterable[Stack] = ()) -> None:
-        super().__init__(stacks)
+    def __init__(self) -> None:
         self._steps: torch.Tensor | None = None
         self._step_views: list[torch.Tensor] = []
-        self.replays: dict[tuple[Any, ...], Any] = {}
-        """The :class:`~lightning_opt.engine.replay.Replay` of each compiled phase run on this chunk, by the
-        runner's key (:func:`~lightning_opt.engine.compiled.runner_key`)."""
 
-    def bind_steps(self, states: Sequence[dict[str, Any]]) -> None:
-        """Make the step counts of ``states`` (those of every parameter of the chunk, in order) views of this
-        chunk's vector."""
+    def bind(self, states: Sequence[dict[str, Any]]) -> None:
+        """Make the step counts of ``states`` (those of every parameter of the bucket, in order) views of this
+        vector."""
         if self._steps is None or not all(map(operator.is_, (s["step"] for s in states), self._step_views)):
             self._steps = torch.stack([state["step"] for state in states]).to(torch.float32)
             self._step_views = list(self._steps.unbind(0))
             for state, view in zip(states, self._step_views):
                 state["step"] = view
 
-    def advance_steps(self) -> torch.Tensor:
+    def advance(self) -> torch.Tensor:
         """Add one to every tensor's step count; return the counts (a float32 CPU tensor, one per parameter of
-        the chunk, in the order of the stacks)."""
-        assert self._steps is not None, "bind_steps() first"
+        the bucket, in order)."""
+        assert self._steps is not None, "bind() first"
         return self._steps.add_(1)
+
+
+class Chunk(list[Stack]):
+    """Stacks of one kind that one call of the update runs (a list of :class:`Stack`); its tensors are those from
+    :attr:`start` to :attr:`stop` of its bucket (:class:`StepCounts`)."""
+
+    def __init__(self, stacks: Iterable[Stack] = ()) -> None:
+        super().__init__(stacks)
+        self.start = 0
+        """The position of the chunk's first tensor among the tensors of its bucket."""
+        self.stop = sum(len(stack.params) for stack in self)
+        """The position after its last tensor."""
+        self.replays: dict[tuple[Any, ...], Any] = {}
+        """The :class:`~lightning_opt.engine.replay.Replay` of each compiled phase run on this chunk, by the
+        runner's key (:func:`~lightning_opt.engine.compiled.runner_key`)."""
+
+
+@dataclass
+class Plan:
+    """How one group's parameters with gradients are stepped: per ``(device, dtype)``, chunks of stacks of
+    one kind (:func:`chunk_stacks`) and the step counts of their tensors, and the parameters without elements
+    (only their step count advances)."""
+
+    chunks: dict[tuple[torch.device, torch.dtype], list[Chunk]]
+    empty: list[torch.Tensor]
+    counts: dict[tuple[torch.device, torch.dtype], StepCounts] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for bucket, chunks in self.chunks.items():
+            self.counts.setdefault(bucket, StepCounts())
+            position = 0
+            for chunk in chunks:
+                chunk.start, chunk.stop = position, position + chunk.stop - chunk.start
+                position = chunk.stop
+
+    def params(self, bucket: tuple[torch.device, torch.dtype]) -> list[torch.Tensor]:
+        """The parameters of ``bucket``, in the order of its step counts."""
+        return [param for chunk in self.chunks[bucket] for stack in chunk for param in stack.params]
 
 
 def chunk_stacks(stacks: Sequence[Stack], size: int = CHUNK) -> list[Chunk]:
