@@ -7,10 +7,15 @@ step's plan (the same stacks, chunks and compiled calls, so the same host work p
 about 1/38 of the bytes (0.54M parameters against 20.9M). So the twin's step time bounds the host work from above,
 and the standard step minus the twin's is about the kernels' time, compared here with the bandwidth floor.
 
+With ``--guarded``, every round also times a step of each candidate whose compiled calls all go through dynamo's
+guards (``lightning_opt.engine.replay.ENABLED = False``; after it, one untimed step lets the replay resume), so the
+table shows, in the same run, what skipping the guards saves (on torch's optimizers, nothing).
+
 Usage::
 
     .venv/bin/python benchmarks/host_work.py                                  # AdamW fused, AdaLo, NSGDA, AdamAtan2
     .venv/bin/python benchmarks/host_work.py --only NSGDA-compiled AdamW-fused --steps 30
+    .venv/bin/python benchmarks/host_work.py --guarded                        # and each step through dynamo's guards
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from common import (  # noqa: E402
 )
 from step_speed import candidates, step, unknown_names_message  # noqa: E402
 
+from lightning_opt.engine import replay  # noqa: E402
 from lightning_opt.engine.stacks import STACK_NUMEL  # noqa: E402
 
 DEFAULT_CANDIDATES = ("AdamW-fused", "AdaLo-compiled", "NSGDA-compiled", "AdamAtan2-compiled")
@@ -70,6 +76,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=20, help="timed steps per candidate and set (default 20)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first, compiles included (default 3)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or a CUDA device")
+    parser.add_argument("--guarded", action="store_true",
+                        help="also time each step with every compiled call through dynamo's guards (no replay)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/host_work.json"))
     args = parser.parse_args(argv)
     problem = unknown_names_message(args.only, list(all_candidates), parser.prog)
@@ -93,16 +101,23 @@ def main(argv: list[str] | None = None) -> None:
             optimizer = candidate.build(make_params(shapes, device=device))
             for _ in range(args.warmup):
                 step(candidate, optimizer)
-            runs.append((candidate, set_name, optimizer, []))
+            runs.append((candidate, set_name, optimizer, [], []))
         print(f"  ready: {name}", flush=True)
     probe, bandwidths = BandwidthProbe(numel["standard"], device), []
     for _ in range(args.steps):  # round-robin: every run sees the same machine conditions
         bandwidths.append(probe.sample())
-        for candidate, _, optimizer, samples in runs:
+        for candidate, _, optimizer, samples, guarded_samples in runs:
             samples.append(timed(lambda: step(candidate, optimizer), device))
+            if args.guarded:
+                replay.ENABLED = False
+                guarded_samples.append(timed(lambda: step(candidate, optimizer), device))
+                replay.ENABLED = True
+                step(candidate, optimizer)  # a guarded call again, after which the replay resumes
     bandwidth = sorted(bandwidths)[len(bandwidths) // 2]
 
-    medians = {(candidate.name, set_name): median_ms(samples) for candidate, set_name, _, samples in runs}
+    medians = {(candidate.name, set_name): median_ms(samples) for candidate, set_name, _, samples, _ in runs}
+    guarded = {(candidate.name, set_name): median_ms(samples) for candidate, set_name, _, _, samples in runs
+               if samples}
     rows, records = [], []
     for name in args.only:
         candidate = all_candidates[name]
@@ -112,10 +127,15 @@ def main(argv: list[str] | None = None) -> None:
                      f"{(full - twin) / floor:.2f}"])
         records.append({"name": name, "step_ms": full, "floor_ms": floor, "twin_step_ms": twin,
                         "kernels_ms": full - twin, "x_floor": full / floor, "kernels_x_floor": (full - twin) / floor})
+        if args.guarded:
+            full_guarded, twin_guarded = guarded[(name, "standard")], guarded[(name, "twin")]
+            rows[-1] += [f"{full_guarded:.1f}", f"{full_guarded / floor:.2f}", f"{twin_guarded:.2f}"]
+            records[-1].update(guarded_step_ms=full_guarded, guarded_twin_step_ms=twin_guarded)
     print(f"\ncopy bandwidth (median of {len(bandwidths)}): {bandwidth / 1e9:.1f} GB/s; {args.steps} timed steps each")
-    print(markdown_table(
-        ["candidate", "step ms", "x floor", "host twin ms", "step - twin ms", "(step - twin) x floor"], rows
-    ))
+    headers = ["candidate", "step ms", "x floor", "host twin ms", "step - twin ms", "(step - twin) x floor"]
+    if args.guarded:
+        headers += ["guarded step ms", "guarded x floor", "guarded host twin ms"]
+    print(markdown_table(headers, rows))
     write_json(args.out, {"machine": machine_info(device), "device": str(device), "numel": numel,
                           "copy_bandwidth_bytes_per_s": bandwidth, "steps": args.steps,
                           "created": time.strftime("%Y-%m-%d %H:%M:%S"), "results": records})

@@ -290,6 +290,19 @@ def test_host_work_times_both_sets_and_writes_its_table(tmp_path: Path) -> None:
         assert math.isclose(record["kernels_ms"], record["step_ms"] - record["twin_step_ms"])
 
 
+def test_host_work_guarded_times_each_step_through_dynamos_guards_too(tmp_path: Path) -> None:
+    out = tmp_path / "host_work.json"
+    result = _run(
+        "--only", "AdamW-fused", "--steps", "2", "--warmup", "1", "--guarded", "--out", str(out),
+        cwd=tmp_path, script=HOST_WORK,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "guarded step ms" in result.stdout
+    (record,) = json.loads(out.read_text())["results"]
+    assert 0 < record["guarded_step_ms"] and 0 < record["guarded_twin_step_ms"]
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
