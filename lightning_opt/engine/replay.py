@@ -26,7 +26,7 @@ fail too, and replays from there. The gradients are not checked for aliasing: th
 Measured 2026-12-03 on this project's 2-core CPU, medians of 60 steps in one process, guarded and replayed
 calls alternating: on the standard set, compiled AdaLo 15.9 -> 13.9 ms a step, NSGDA 25.4 -> 23.7, AdamAtan2
 66.3 -> 64.0; on its host twin (``benchmarks/host_work.py``: the same stacks and calls, small tensors), 2.31 ->
-1.59, 4.01 -> 3.04 and 4.80 -> 3.59.
+1.59, 4.01 -> 3.04 and 4.80 -> 3.59. ``benchmarks/host_work.py --guarded`` measures both in one run.
 
 Set :data:`ENABLED` to ``False`` to make every call through dynamo (to compare, or to rule this out).
 """
