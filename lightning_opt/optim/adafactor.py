@@ -17,7 +17,14 @@ import torch
 from lightning_opt.engine import BaseOptimizer, Flags, Hyperparameters, OptionalBuffer
 from lightning_opt.engine.base import ParamsT
 from lightning_opt.transforms.gradient import AGC_CLIPPING, check_agc_clipping
-from lightning_opt.transforms.reductions import PER_TENSOR, accumulation_dtype, count_from, norm_from, sum_from
+from lightning_opt.transforms.reductions import (
+    PER_TENSOR,
+    accumulation_dtype,
+    count_from,
+    norm_from,
+    reduce_rows,
+    sum_from,
+)
 from lightning_opt.validation import (
     FLOAT32_MAX,
     check_bool,
@@ -249,9 +256,11 @@ class Adafactor(BaseOptimizer):
         """First pass: the row and column averages of ``g^2 + eps1``, and the parameter's RMS."""
         dtype = accumulation_dtype(grad)
         rows, cols = grad.shape[-2], grad.shape[-1]
-        # mean(g^2) as a squared norm: no squared copy of the gradient (eagerly)
+        # row sums of g^2 as a squared norm: no squared copy of the gradient (eagerly); the column sums with
+        # one (ATen's norm over rows is ten times slower than the copy and a sum; reduce_rows is fast compiled)
         row_sums = torch.linalg.vector_norm(grad, dim=-1, keepdim=True, dtype=dtype).square()
-        col_sums = torch.linalg.vector_norm(grad, dim=-2, keepdim=True, dtype=dtype).square()
+        g = grad.to(dtype)
+        col_sums = reduce_rows(g * g, "sum", -2)
         row_mean = row_sums / cols + hp["eps1"]
         col_mean = col_sums / rows + hp["eps1"]
         _lerp_into(buffers["exp_avg_sq_row"], row_mean, hp["one_minus_beta2"])
@@ -259,7 +268,9 @@ class Adafactor(BaseOptimizer):
         # mean(r) / r once per row here, not once per element in the next two passes
         carried = {"row_factor": row_factor(buffers["exp_avg_sq_row"])}
         if flags["scale_parameter"]:
-            carried["param_rms"] = norm_from(param, PER_TENSOR) / math.sqrt(count_from(param, PER_TENSOR))
+            # by rows: compiled, one loop reads the parameter and the gradient (for row_sums)
+            param_norm = norm_from(param, PER_TENSOR, by_rows=True)
+            carried["param_rms"] = param_norm / math.sqrt(count_from(param, PER_TENSOR))
         return carried
 
     @staticmethod
@@ -271,7 +282,7 @@ class Adafactor(BaseOptimizer):
         the last pass."""
         g = grad.to(accumulation_dtype(grad))
         inverse = _inverse(hp["row_factor"], buffers["exp_avg_sq_col"])
-        update_ms = sum_from(g * g * inverse, PER_TENSOR) / count_from(grad, PER_TENSOR)
+        update_ms = sum_from(g * g * inverse, PER_TENSOR, by_rows=True) / count_from(grad, PER_TENSOR)
         step_size = hp["rho"] * torch.clamp(hp["param_rms"], min=hp["eps2"]) if flags["scale_parameter"] else hp["rho"]
         return {"scale": step_size / torch.clamp(update_ms.sqrt() * hp["inv_clip"], min=1.0)}
 

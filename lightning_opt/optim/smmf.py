@@ -11,6 +11,7 @@ import torch
 from lightning_opt.engine import BaseOptimizer, Flags, Hyperparameters
 from lightning_opt.engine.base import ParamsT
 from lightning_opt.transforms.gradient import AGC_CLIPPING, check_agc_clipping
+from lightning_opt.transforms.reductions import reduce_rows
 from lightning_opt.validation import (
     check_decay_factor,
     check_float,
@@ -262,7 +263,7 @@ def _compress_(matrix: torch.Tensor, row: torch.Tensor, col: torch.Tensor) -> No
     row sums, and the column sums divided by their total (left as they are when it is 0, all zero then).
     ``rows >= cols`` in :func:`square_view`, so the column factor is the one normalised, as in the authors'
     ``_nnmf``. Their outer product restores a matrix with the same row and column sums."""
-    col_sums = matrix.sum(dim=-2, keepdim=True)
+    col_sums = reduce_rows(matrix, "sum", -2)
     total = col_sums.sum(dim=-1, keepdim=True)
     row.copy_(matrix.sum(dim=-1, keepdim=True))
     col.copy_(col_sums / torch.where(total != 0, total, torch.ones_like(total)))
