@@ -12,6 +12,7 @@ from lightning_opt.engine import BaseOptimizer, Flags, Hyperparameters, Optional
 from lightning_opt.engine.base import ParamsT
 from lightning_opt.transforms import decoupled_weight_decay_
 from lightning_opt.transforms.gradient import AGC_CLIPPING, check_agc_clipping
+from lightning_opt.transforms.reductions import reduce_rows
 from lightning_opt.validation import (
     check_decay_factor,
     check_float,
@@ -187,7 +188,7 @@ class SM3(BaseOptimizer):
     def group_hyperparameters(self, group: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
         beta, momentum = group["beta"], group["momentum"]
         numbers = {
-            "keep": beta if beta > 0.0 else 1.0,
+            "beta": beta,
             "one_minus_beta": 1.0 - beta,
             "eps": group["eps"],
             "momentum": momentum,
@@ -202,18 +203,27 @@ class SM3(BaseOptimizer):
         return numbers, flags
 
     @staticmethod
+    def slice_maxima(
+        param: torch.Tensor, grad: torch.Tensor, buffers: dict[str, torch.Tensor], hp: Hyperparameters, flags: Flags
+    ) -> dict[str, torch.Tensor]:
+        """First pass: this step's ``nu`` (from the old accumulators) and its max over each slice of each
+        dimension, the new accumulators, carried to the second pass rather than stored (it still reads the old)."""
+        nu = _nu(grad, buffers, hp, flags)
+        kept = _covering(buffers)
+        maxima = {i: _slice_maxima(nu, i + 1) for i in kept}
+        # a dimension of size 1 has one slice, the whole tensor: its accumulator is the max of any other's
+        whole = maxima[kept[0]].amax(dim=tuple(range(1, nu.dim())), keepdim=True)
+        carried = {f"new_{name}": maxima.get(i, whole) for i, name in enumerate(ACCUMULATORS)}
+        if not torch.compiler.is_compiling():  # eagerly nu is in memory anyway: computed once
+            carried["nu"] = nu
+        return carried
+
+    @staticmethod
     def update(
         param: torch.Tensor, grad: torch.Tensor, buffers: dict[str, torch.Tensor], hp: Hyperparameters, flags: Flags
     ) -> None:
-        """One pass: this step's ``nu`` (from the old accumulators), the step, then the new accumulators (the max
-        of ``nu`` over each slice of each dimension). The accumulators are small: one graph that stages them in
-        a temporary reads the gradient once less than a reducing pass followed by an updating pass."""
-        nu = _nu(grad, buffers, hp)
-        dims = range(1, nu.dim())
-        kept = _covering(buffers)
-        maxima = {i: nu.amax(dim=tuple(d for d in dims if d != i + 1), keepdim=True) for i in kept}
-        # a dimension of size 1 has one slice, the whole tensor: its accumulator is the max of any other's
-        whole = maxima[kept[0]].amax(dim=tuple(dims), keepdim=True)
+        """Second pass: ``nu`` again (compiled), the step, then the new accumulators."""
+        nu = hp["nu"] if "nu" in hp else _nu(grad, buffers, hp, flags)
         direction = grad * torch.rsqrt(nu + hp["eps"])
         if flags["momentum"]:
             momentum_buffer = buffers["momentum_buffer"]
@@ -222,10 +232,15 @@ class SM3(BaseOptimizer):
         if flags["decay"]:
             decoupled_weight_decay_(param, hp["decay_factor"])
         param.add_(direction * hp["neg_lr"])
-        for i, name in enumerate(ACCUMULATORS):
-            new = maxima.get(i, whole)
+        for name in ACCUMULATORS:
+            new = hp[f"new_{name}"]
             accumulator = buffers[name]
             accumulator.copy_(torch.maximum(accumulator, new) if flags["ema"] else new)
+
+    # The maxima, then the step. Compiled, nu is computed in both from the gradient and the small accumulators
+    # rather than staged in a temporary as large as the parameters, which costs its page faults at every step
+    # (on the standard set, allocating 80 MB costs about four times reading it): 2.8x -> 1.6x fused AdamW.
+    phases = ("slice_maxima", "update")
 
 
 def _covering(buffers: dict[str, torch.Tensor]) -> list[int]:
@@ -239,11 +254,28 @@ def _covering(buffers: dict[str, torch.Tensor]) -> list[int]:
     return kept or [MAX_DIMS - 1]
 
 
-def _nu(grad: torch.Tensor, buffers: dict[str, torch.Tensor], hp: Hyperparameters) -> torch.Tensor:
-    """``keep * min_i a_i + (1 - beta) g^2``: the second-moment estimate of this step, entry by entry (the min
-    over the accumulators of dimensions of more than one slice: the others are never smaller)."""
+def _slice_maxima(nu: torch.Tensor, dim: int) -> torch.Tensor:
+    """The max of ``nu`` (a stack, ``(k, *view)``) over every dimension but the stack's and ``dim``, kept. Over the
+    last dimension's slices, the columns, :func:`reduce_rows` takes it (twice as fast compiled on a CPU)."""
+    if dim == nu.dim() - 1:
+        return reduce_rows(nu, "amax", 1)
+    return nu.amax(dim=tuple(d for d in range(1, nu.dim()) if d != dim), keepdim=True)
+
+
+def _nu(grad: torch.Tensor, buffers: dict[str, torch.Tensor], hp: Hyperparameters, flags: Flags) -> torch.Tensor:
+    """``min_i a_i + g^2``, or ``beta min_i a_i + (1 - beta) g^2`` with ``beta > 0``: the second-moment estimate
+    of this step, entry by entry (the min over the accumulators of dimensions of more than one slice: the others
+    are never smaller).
+
+    Compiled, the sum without hyper-parameters is recomputed by each reduction of the first pass; the average
+    reads two (``beta`` and ``1 - beta``), which makes Inductor stage ``nu`` in a temporary as large as the
+    parameters (whose page faults cost about four reads of it at every step). A ``lerp`` would read one, but
+    turns an infinite accumulator and an infinite ``g^2`` into NaN where the average gives inf."""
     first, *others = _covering(buffers)
     bound = buffers[ACCUMULATORS[first]]
     for i in others:
         bound = torch.minimum(bound, buffers[ACCUMULATORS[i]])
-    return bound * hp["keep"] + grad * grad * hp["one_minus_beta"]
+    square = grad * grad
+    if not flags["ema"]:
+        return bound + square
+    return bound * hp["beta"] + square * hp["one_minus_beta"]
