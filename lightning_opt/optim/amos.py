@@ -220,7 +220,7 @@ class Amos(BaseOptimizer):
         param: torch.Tensor, grad: torch.Tensor, buffers: dict[str, torch.Tensor], hp: Hyperparameters, flags: Flags
     ) -> dict[str, torch.Tensor]:
         """First pass: ``mean(g^2)`` of each tensor."""
-        g2 = sum_from(grad * grad, PER_TENSOR) / count_from(grad, PER_TENSOR)
+        g2 = sum_from(grad * grad, PER_TENSOR, by_rows=True) / count_from(grad, PER_TENSOR)
         return {"g2": g2}
 
     @staticmethod

@@ -68,7 +68,7 @@ def gradient_norm_correction_(
         >>> gradient_norm_correction_(e, torch.tensor([3.0, 4.0]), 0.5, 0), e
         (tensor([1.5000]), tensor([7.5000]))
     """
-    norm = norm_from(grad, start).to(exp_grad_norm.dtype)
+    norm = norm_from(grad, start, by_rows=True).to(exp_grad_norm.dtype)
     # beta e + (1 - beta) n, not lerp: after an inf gradient, e stays inf (pytorch_optimizer's) instead of NaN
     exp_grad_norm.mul_(beta).add_(norm * (1 - beta))
     corrects = (norm > 0) & (exp_grad_norm > norm)

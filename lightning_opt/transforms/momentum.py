@@ -125,8 +125,11 @@ def adaptive_memory_coefficient(
     difference = memory - grad
     weighted = difference if metric is None else difference * metric
     mixed = grad * (1.0 + lam) * memory if metric is None else grad * (1.0 + lam) * memory * metric
-    numerator = sum_from(mixed - weighted * (grad + memory * lam), start)
-    square = sum_from(weighted * difference, start)
+    # by rows (compiled, faster) unless a metric is given: AdamW's is the second moment updated in the same pass,
+    # which Inductor would then stage in a full-size temporary (standard set: 22.6 -> 47.7 ms a step)
+    by_rows = metric is None
+    numerator = sum_from(mixed - weighted * (grad + memory * lam), start, by_rows)
+    square = sum_from(weighted * difference, start, by_rows)
     ratio = numerator / torch.where(square > 0, square, torch.ones_like(square))
     return torch.where(square > 0, ratio.clamp(min=0.0).clamp(max=beta_max), torch.zeros_like(ratio))
 
