@@ -242,12 +242,16 @@ class Chunk(list[Stack]):
     def __init__(self, stacks: Iterable[Stack] = ()) -> None:
         super().__init__(stacks)
         self.start = 0
-        """The position of the chunk's first tensor among the tensors of its bucket."""
-        self.stop = sum(len(stack.params) for stack in self)
-        """The position after its last tensor."""
+        """The position of the chunk's first tensor among the tensors of its bucket (set by :class:`Plan`)."""
+        self.stop = self.tensors()
+        """The position after its last tensor (set by :class:`Plan`)."""
         self.replays: dict[tuple[Any, ...], Any] = {}
         """The :class:`~lightning_opt.engine.replay.Replay` of each compiled phase run on this chunk, by the
         runner's key (:func:`~lightning_opt.engine.compiled.runner_key`)."""
+
+    def tensors(self) -> int:
+        """How many tensors the chunk's stacks hold."""
+        return sum(len(stack.params) for stack in self)
 
 
 @dataclass
@@ -265,7 +269,7 @@ class Plan:
             self.counts.setdefault(bucket, StepCounts())
             position = 0
             for chunk in chunks:
-                chunk.start, chunk.stop = position, position + chunk.stop - chunk.start
+                chunk.start, chunk.stop = position, position + chunk.tensors()
                 position = chunk.stop
 
     def params(self, bucket: tuple[torch.device, torch.dtype]) -> list[torch.Tensor]:
